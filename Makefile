@@ -27,7 +27,7 @@ test: venv
 demo: venv
 	rm -rf $(DEMO)
 	$(PY) -m utils.sample_data $(DEMO)/sources --seed $(SEED)
-	$(PY) gen_sample_info.py --out $(DEMO)/sample.csv $(DEMO)/sources
+	$(PY) gen_sample_info.py --out $(DEMO)/sample.csv $(DEMO)/sources/fixed $(DEMO)/sources/live
 	$(PY) tile_from_info.py --out $(DEMO)/datasets --info $(DEMO)/sample.csv --tile 128 \
 		--n_train 48 --n_valid 12 --crap_func new_crap_AG_SP --n_frames 1 --lr_type s --seed $(SEED)
 	$(PY) tile_from_info.py --out $(DEMO)/datasets --info $(DEMO)/sample.csv --tile 128 --only fluo_live \

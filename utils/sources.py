@@ -2,12 +2,13 @@
 
 Real EM sources are 24576² pixels and data sets are 100+ GB, so nothing here
 reads more than the frame region asked for when the file layout allows it:
-uncompressed contiguous TIFF series are memory-mapped, chunked/compressed ones
+uncompressed contiguous TIFF series are read row by row with positioned reads, chunked/compressed ones
 go through tifffile's zarr store (only the strips/tiles touched are decoded),
 and CZI frames are assembled from the subblocks that intersect the region.
 """
 from __future__ import annotations
 
+import os
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -65,14 +66,16 @@ class Source:
     def n_frames(self) -> int:
         return self.nc * self.nz * self.nt
 
-    def read(self, c: int = 0, z: int = 0, t: int = 0, box: Optional[Box] = None) -> np.ndarray:
+    def read(self, c: int = 0, z: int = 0, t: int = 0, box: Optional[Box] = None, step: int = 1) -> np.ndarray:
+        """`step` > 1 returns every step-th pixel in y and x of the box (a cheap subsample:
+        only the sampled rows are paged in or the chunks holding them decoded)."""
         if not (0 <= c < self.nc and 0 <= z < self.nz and 0 <= t < self.nt):
             raise IndexError(f"{self.path}: frame c={c} z={z} t={t} outside c<{self.nc} z<{self.nz} t<{self.nt}")
         y0, x0, h, w = box if box is not None else (0, 0, self.ny, self.nx)
         if y0 < 0 or x0 < 0 or y0 + h > self.ny or x0 + w > self.nx:
             raise IndexError(f"{self.path}: box {box} outside the {self.ny}x{self.nx} frame")
         try:
-            return np.asarray(self._reader.read(c, z, t, y0, x0, h, w))
+            return np.asarray(self._reader.read(c, z, t, y0, x0, h, w, step))
         except PSSRError:
             raise
         except Exception as e:  # truncated strips, bad compression: name the file, one line
@@ -110,17 +113,49 @@ def open_source(path: Path, live: bool = False) -> Source:
 
 # --------------------------------------------------------------------------- TIFF
 
+class _ContiguousArray:
+    """An uncompressed, contiguous TIFF series read with positioned reads of just the rows asked for.
+
+    Not a memmap: every page a memmap touches (and the kernel's fault-around neighbours, up
+    to 64 KB per fault) counts in the process's RSS until it is unmapped, so tiling a
+    20000² frame through a memmap grew past 500 MB; positioned reads keep only the result."""
+
+    def __init__(self, path: Path, offset: int, shape: tuple, dtype: np.dtype):
+        self.fd = os.open(path, os.O_RDONLY)
+        self.offset, self.shape, self.dtype = offset, tuple(shape), np.dtype(dtype)
+        self.strides = tuple(int(np.prod(self.shape[i + 1:])) * self.dtype.itemsize for i in range(len(self.shape)))
+
+    def __getitem__(self, idx):
+        *lead, ys, xs = idx
+        base = self.offset + sum(i * s for i, s in zip(lead, self.strides))
+        rows, cols = range(*ys.indices(self.shape[-2])), range(*xs.indices(self.shape[-1]))
+        item, row_bytes = self.dtype.itemsize, self.strides[-2]
+        if not len(rows) or not len(cols):
+            return np.empty((len(rows), len(cols)), self.dtype)
+        if rows.step == 1 and cols.step == 1 and len(cols) == self.shape[-1]:  # whole rows: one read
+            buf = os.pread(self.fd, len(rows) * row_bytes, base + rows.start * row_bytes)
+            return np.frombuffer(buf, self.dtype).reshape(len(rows), -1).copy()
+        out = np.empty((len(rows), len(cols)), self.dtype)
+        span = (cols[-1] - cols[0] + 1) * item
+        for k, y in enumerate(rows):
+            buf = os.pread(self.fd, span, base + y * row_bytes + cols[0] * item)
+            out[k] = np.frombuffer(buf, self.dtype)[::cols.step]
+        return out
+
+    def close(self):
+        os.close(self.fd)
+
+
 class _TiffReader:
-    """Index a tifffile series by (c, z, t) through a memmap or a zarr array."""
+    """Index a tifffile series by (c, z, t) through positioned reads or a zarr array."""
 
     def __init__(self, tif: tifffile.TiffFile, series, index_of):
         self.tif, self.index_of = tif, index_of
         self.arr = None
-        if series.dataoffset is not None:  # uncompressed, contiguous: the OS pages in only what is read
-            try:
-                self.arr = tifffile.memmap(tif.filehandle.path, series=series.index, mode="r")
-            except Exception:
-                self.arr = None
+        if series.dataoffset is not None:  # uncompressed, contiguous: read only the rows asked for
+            # series.dtype is native-endian; the bytes on disk follow the file's byte order
+            dtype = np.dtype(series.dtype).newbyteorder(tif.byteorder)
+            self.arr = _ContiguousArray(tif.filehandle.path, series.dataoffset, series.shape, dtype)
         if self.arr is None:
             import zarr
             self.store = series.aszarr()
@@ -128,10 +163,12 @@ class _TiffReader:
             if hasattr(self.arr, "shape") is False:  # multiscale group: level 0
                 self.arr = self.arr[0]
 
-    def read(self, c, z, t, y0, x0, h, w):
-        return self.arr[self.index_of(c, z, t) + (slice(y0, y0 + h), slice(x0, x0 + w))]
+    def read(self, c, z, t, y0, x0, h, w, step=1):
+        return self.arr[self.index_of(c, z, t) + (slice(y0, y0 + h, step), slice(x0, x0 + w, step))]
 
     def close(self):
+        if isinstance(self.arr, _ContiguousArray):
+            self.arr.close()
         self.arr = None
         self.tif.close()
 
@@ -225,9 +262,9 @@ class _CziReader:
         self.entries = list(czi.filtered_subblock_directory)
         self.start = czi.start
 
-    def read(self, c, z, t, y0, x0, h, w):
+    def read(self, c, z, t, y0, x0, h, w, step=1):
         want = {"C": c, "Z": z, "T": t}
-        out = np.zeros((h, w), self.czi.dtype)
+        out = np.zeros((-(-h // step), -(-w // step)), self.czi.dtype)
         iy, ix = self.axes.index("Y"), self.axes.index("X")
         for e in self.entries:
             rel = [s - s0 for s, s0 in zip(e.start, self.start)]
@@ -237,8 +274,9 @@ class _CziReader:
             if any(a not in want and a not in "YX0" and rel[i] != 0 for i, a in enumerate(self.axes)):
                 continue  # other scenes/positions/phases: first only
             ey, ex, eh, ew = rel[iy], rel[ix], e.shape[iy], e.shape[ix]
-            oy0, oy1 = max(y0, ey), min(y0 + h, ey + eh)
-            ox0, ox1 = max(x0, ex), min(x0 + w, ex + ew)
+            # overlap, with its start moved onto the step grid of the box
+            oy0, oy1 = y0 + -(-max(0, ey - y0) // step) * step, min(y0 + h, ey + eh)
+            ox0, ox1 = x0 + -(-max(0, ex - x0) // step) * step, min(x0 + w, ex + ew)
             if oy0 >= oy1 or ox0 >= ox1:
                 continue
             tile = e.data_segment().data(resize=True, order=0)
@@ -247,12 +285,14 @@ class _CziReader:
                 if a in want:
                     idx.append(want[a] - rel[i])
                 elif a == "Y":
-                    idx.append(slice(oy0 - ey, oy1 - ey))
+                    idx.append(slice(oy0 - ey, oy1 - ey, step))
                 elif a == "X":
-                    idx.append(slice(ox0 - ex, ox1 - ex))
+                    idx.append(slice(ox0 - ex, ox1 - ex, step))
                 else:
                     idx.append(0)
-            out[oy0 - y0:oy1 - y0, ox0 - x0:ox1 - x0] = tile[tuple(idx)]
+            part = tile[tuple(idx)]
+            oy, ox = (oy0 - y0) // step, (ox0 - x0) // step
+            out[oy:oy + part.shape[0], ox:ox + part.shape[1]] = part
         return out
 
     def close(self):

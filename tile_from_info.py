@@ -1,0 +1,55 @@
+"""Step 2: crappified HR/LR training tile pairs from the step-1 info CSV.
+
+    python tile_from_info.py --out datasets --info live_mitotracker.csv --tile 128 256 \\
+        --n_train 5000 --n_valid 500 --crap_func new_crap_AG_SP --n_frames 5 --lr_type t \\
+        [--scale 4] [--ftypes tif czi] [--upsample] [--only A B | --skip A B] [--clean] \\
+        [--seed 0] [--workers 4]
+
+Writes OUT/{lr_type}_{n_frames}_{info stem}_{crap_func}/ (see utils/tiling.py).
+"""
+import sys
+
+import utils  # noqa: F401  (quiets library import warnings)
+from utils.errors import run_cli
+from utils.tiling import make_dataset
+
+LIST_FLAGS = ("--tile", "--ftypes", "--only", "--skip")
+
+
+def main(out: str, info: str, tile, n_train: int, n_valid: int, crap_func: str = "no_crap", n_frames: int = 1,
+         lr_type: str = "s", scale: int = 4, ftypes=None, upsample: bool = False, only=None, skip=None,
+         clean: bool = False, seed: int = 0, workers: int = 1) -> None:
+    """Draw n_train + n_valid random frames, cut one tile per --tile size from each, crappify, write."""
+    meta = make_dataset(out, info, [int(t) for t in _names(tile)], n_train, n_valid, crap_func, n_frames,
+                        lr_type, scale, _names(ftypes), upsample, _names(only), _names(skip), clean, seed, workers)
+    print(f"{meta['n_tiles']} tile pairs in {meta['hr_dirs']} / {meta['lr_dirs']}; "
+          f"{meta['n_files_skipped']} files skipped, {meta['n_mostly_background']} tiles below "
+          f"{meta['fg_frac']:.0%} foreground")
+
+
+def _names(v):
+    """fire gives a scalar, a tuple or None; accept `a,b` and (see below) `a b` alike."""
+    if v is None:
+        return None
+    items = list(v) if isinstance(v, (tuple, list)) else [v]
+    return [s for item in items for s in str(item).split(",") if s]
+
+
+def join_list_flags(argv):
+    """Let `--tile 128 256` mean one list as in the original's argparse CLI: fire takes `128,256`."""
+    out, i = [], 0
+    while i < len(argv):
+        out.append(argv[i])
+        i += 1
+        if out[-1] in LIST_FLAGS:
+            vals = []
+            while i < len(argv) and not argv[i].startswith("--"):
+                vals.append(argv[i])
+                i += 1
+            out.append(",".join(vals))
+    return out
+
+
+if __name__ == "__main__":
+    sys.argv[1:] = join_list_flags(sys.argv[1:])
+    run_cli(main)

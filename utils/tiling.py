@@ -1,0 +1,300 @@
+"""Step 2: random high-resolution tiles and their crappified low-resolution twins.
+
+Plan, then work. The parent process draws the whole plan from `--seed` alone: for each
+of the n_train / n_valid samples a category, then a file of it, then a legal frame, all
+uniformly at random (the original's sampling: small categories are not swamped by big
+ones), and one tile per `--tile` size from that frame. Each tile gets its own generator,
+`SeedSequence(seed, spawn_key=(1, tile_id))`, which draws its box and its noise, so the
+same seed gives byte-identical tiles and CSV whatever `--workers` is.
+
+Workers only read, crappify and write. A tile reads just its box through
+`Source.read(c, z, t, box)`; the frame's normalization percentiles (mi, ma) come from
+the step-1 CSV, so no frame is ever loaded whole and memory is bounded by the tile.
+
+Background rejection (the original's rule, made absolute): a box is kept when at least
+`FG_FRAC` = 30% of its pixels exceed the frame's 2nd percentile `mi`. After `MAX_TRIES`
+boxes the one with the most foreground is kept, with a warning, and counted.
+
+Multi-frame (`--lr_type t|z --n_frames 5`): HR is the centre frame; LR is the frames
+centre-2..centre+2 of the same box, each crappified, saved as a (5, h, w) uint8 `.npy`.
+All five are normalized with the centre frame's mi/ma, so brightness changes over time
+(bleaching, moving objects) stay visible to the network as in the raw data.
+
+Tiles CSV: the source row (its c, z, t are the HR frame used) plus id, tile_sz, the box
+corner y0, x0, its foreground fraction fg_frac and the HR tile's mean/sd/min/max.
+
+Interrupted runs: every tile is written under a temporary name and renamed, and the
+tiles CSV and dataset.json are written last, so a data set without `dataset.json` is
+incomplete; rerunning refuses to touch an existing data set unless `--clean` is given.
+"""
+import json
+import math
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+from fastprogress.fastprogress import progress_bar
+from skimage.transform import resize
+
+from .crappifiers import CRAPPIFIERS, crappify
+from .errors import fail, warn_skip
+from .fileio import atomic_path, prepare_out_dir, save_npy, save_tif
+from .info import INFO_COLS
+from .norm import PCT_HI, PCT_LO, normalize, to_uint8
+from .sources import Source, open_source
+
+__all__ = ["TileConfig", "FG_FRAC", "MAX_TRIES", "TILE_COLS", "read_info", "select_rows", "legal_frame",
+           "plan_tiles", "make_tile", "run_tiles", "dataset_root", "make_dataset"]
+
+FG_FRAC = 0.30
+MAX_TRIES = 50
+TILE_COLS = ["id", "tile_sz", "y0", "x0", "fg_frac", "after_mean", "after_sd", "after_min", "after_max"]
+REQUIRED_COLS = [c for c in INFO_COLS if c != "pixel_size"]  # the original's CSVs have no pixel size
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Everything a worker needs besides its job."""
+    root: str
+    crap_func: str
+    scale: int = 4
+    n_frames: int = 1
+    lr_type: str = "s"
+    upsample: bool = False
+    seed: int = 0
+
+    @property
+    def multi(self) -> str:
+        return f"_{self.lr_type}_{self.n_frames}" if self.lr_type != "s" else ""
+
+    def hr_dir(self, tile: int) -> Path:
+        return Path(self.root) / f"hr_{self.lr_type}_{tile}{self.multi}"
+
+    def lr_dir(self, tile: int) -> Path:
+        return Path(self.root) / f"lr{'up' if self.upsample else ''}_{self.lr_type}_{tile}{self.multi}"
+
+
+def dataset_root(out: Path, info: Path, crap_func: str, n_frames: int, lr_type: str) -> Path:
+    """`OUT/{lr_type}_{n_frames}_{info stem}_{crap_func}`, as the original names data sets."""
+    return Path(out) / f"{lr_type}_{n_frames}_{Path(info).stem}_{crap_func}"
+
+
+def read_info(path: Path) -> pd.DataFrame:
+    """The step-1 CSV, checked for the columns tiling needs."""
+    path = Path(path)
+    if not path.is_file():
+        fail(path, "info CSV does not exist (make it with gen_sample_info.py)")
+    try:
+        df = pd.read_csv(path)
+    except Exception as e:
+        fail(path, f"not a readable CSV ({type(e).__name__}: {e})")
+    missing = [c for c in REQUIRED_COLS if c not in df.columns]
+    if missing:
+        fail(path, f"info CSV is missing columns: {', '.join(missing)}")
+    if df.empty:
+        fail(path, "info CSV has no rows")
+    if "pixel_size" not in df.columns:
+        df["pixel_size"] = np.nan
+    return df
+
+
+def select_rows(df: pd.DataFrame, ftypes=None, only=None, skip=None) -> pd.DataFrame:
+    """Rows of the wanted file types and categories (--ftypes, --only / --skip)."""
+    if only and skip:
+        fail(None, "use --only or --skip, not both")
+    if ftypes:
+        df = df[df.ftype.isin(ftypes)]
+    if only:
+        df = df[df.category.isin(only)]
+    if skip:
+        df = df[~df.category.isin(skip)]
+    if df.empty:
+        fail(None, "no info rows left after --ftypes/--only/--skip")
+    return df
+
+
+def legal_frame(row, lr_type: str, n_frames: int) -> bool:
+    """A frame can be a multi-frame centre when it has n_frames//2 frames on each side along t (or z)."""
+    if lr_type == "s":
+        return True
+    half, n, i = n_frames // 2, int(row[f"n{lr_type}"]), int(row[lr_type])
+    return n >= n_frames and half <= i < n - half
+
+
+def _usable_files(df: pd.DataFrame, tiles: Sequence[int], lr_type: str, n_frames: int):
+    """{(split, category): {fn: legal rows}}, warning about and counting files that cannot give tiles."""
+    usable: Dict[Tuple[str, str], Dict[str, pd.DataFrame]] = {}
+    skipped: List[str] = []
+    for fn, rows in df.groupby("fn", sort=True):
+        first = rows.iloc[0]
+        if min(int(first.x), int(first.y)) < max(tiles):
+            problem = f"frame {first.y}x{first.x} is smaller than the {max(tiles)} px tile"
+        else:
+            legal = rows[[legal_frame(r, lr_type, n_frames) for _, r in rows.iterrows()]]
+            if len(legal):
+                usable.setdefault((first.dsplit, first.category), {})[fn] = legal
+                continue
+            problem = (f"too few frames for --n_frames {n_frames} --lr_type {lr_type} "
+                       f"(n{lr_type}={first[f'n{lr_type}']}, needs {n_frames})")
+        warn_skip(fn, problem)
+        skipped.append(f"{fn}: {problem}")
+    return usable, skipped
+
+
+def plan_tiles(df: pd.DataFrame, n_train: int, n_valid: int, tiles: Sequence[int], lr_type: str = "s",
+               n_frames: int = 1, seed: int = 0) -> Tuple[List[dict], int]:
+    """The seeded list of tile jobs (source row + id + tile_sz) and the number of skipped files.
+
+    Sampling per split: category, then file, then legal frame, each uniformly at random."""
+    usable, skipped = _usable_files(df, tiles, lr_type, n_frames)
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
+    jobs: List[dict] = []
+    for split, n in (("train", n_train), ("valid", n_valid)):
+        cats = sorted(cat for s, cat in usable if s == split)
+        if n > 0 and not cats:
+            why = f"; {skipped[0]}" if skipped else ""
+            fail(None, f"no usable {split} file for --tile {max(tiles)} --n_frames {n_frames} --lr_type {lr_type}{why}")
+        for _ in range(n):
+            files = usable[(split, cats[rng.integers(len(cats))])]
+            rows = files[sorted(files)[rng.integers(len(files))]]
+            row = rows.iloc[rng.integers(len(rows))].to_dict()
+            for tile in tiles:
+                jobs.append({**row, "id": len(jobs), "tile_sz": int(tile)})
+    return jobs, len(skipped)
+
+
+# --------------------------------------------------------------------------- workers
+
+_OPEN: Dict[str, Source] = {}
+
+
+def _source(job: dict) -> Source:
+    """This process's open file (jobs arrive grouped by file, so one stays open at a time)."""
+    fn = job["fn"]
+    if fn not in _OPEN:
+        for s in _OPEN.values():
+            s.close()
+        _OPEN.clear()
+        # An unlabelled stack counted as time points in step 1 must be reopened the same way.
+        src = open_source(fn, live=int(job["nt"]) > 1 and int(job["nz"]) == 1)
+        if (src.nc, src.nz, src.nt, src.ny, src.nx) != tuple(int(job[k]) for k in ("nc", "nz", "nt", "y", "x")):
+            fail(fn, "file differs from its info CSV rows (shape changed); rerun gen_sample_info.py")
+        _OPEN[fn] = src
+    return _OPEN[fn]
+
+
+def _draw_box(src: Source, job: dict, rng: np.random.Generator) -> Tuple[np.ndarray, Tuple[int, int], float]:
+    """A random tile box with enough foreground; the best of MAX_TRIES when none has."""
+    ts, c, z, t, mi = job["tile_sz"], int(job["c"]), int(job["z"]), int(job["t"]), float(job["mi"])
+    best = None
+    for _ in range(MAX_TRIES):
+        y0, x0 = int(rng.integers(0, src.ny - ts + 1)), int(rng.integers(0, src.nx - ts + 1))
+        raw = src.read(c, z, t, (y0, x0, ts, ts))
+        fg = float((raw > mi).mean())
+        if best is None or fg > best[2]:
+            best = (raw, (y0, x0), fg)
+        if fg >= FG_FRAC:
+            return best
+    print(f"warning: {job['fn']}: no {ts} px box with {FG_FRAC:.0%} foreground in {MAX_TRIES} tries; "
+          f"keeping the best ({best[2]:.0%})", file=sys.stderr)
+    return best
+
+
+def _frame_index(job: dict, lr_type: str, offset: int) -> Tuple[int, int, int]:
+    c, z, t = int(job["c"]), int(job["z"]), int(job["t"])
+    return (c, z + offset, t) if lr_type == "z" else (c, z, t + offset) if lr_type == "t" else (c, z, t)
+
+
+def _lr(hr01: np.ndarray, cfg: TileConfig, rng: np.random.Generator) -> np.ndarray:
+    """uint8 crappified version of a [0, 1] HR frame (bilinear-upsampled back with --upsample)."""
+    lr = crappify(cfg.crap_func, hr01, cfg.scale, rng)
+    if cfg.upsample:
+        lr = resize(lr, hr01.shape, order=1, mode="reflect", anti_aliasing=False)
+    return to_uint8(lr)
+
+
+def make_tile(job: dict, cfg: TileConfig) -> dict:
+    """Read, crappify and write one HR/LR pair; return its tiles-CSV row."""
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(1, int(job["id"]))))
+    src = _source(job)
+    raw, (y0, x0), fg = _draw_box(src, job, rng)
+    ts, mi, ma = job["tile_sz"], float(job["mi"]), float(job["ma"])
+    hr = to_uint8(normalize(raw, mi, ma))
+    half = cfg.n_frames // 2
+    frames = [hr if o == 0 else to_uint8(normalize(src.read(*_frame_index(job, cfg.lr_type, o), (y0, x0, ts, ts)), mi, ma))
+              for o in range(-half, half + 1)]
+    lrs = [_lr(f.astype(np.float32) / 255, cfg, rng) for f in frames]
+    name = f"{int(job['id']):06d}_{Path(job['fn']).stem}"
+    rel = Path(job["dsplit"]) / job["category"]
+    px = job.get("pixel_size")
+    px = None if px is None or (isinstance(px, float) and math.isnan(px)) else float(px)
+    save_tif(cfg.hr_dir(ts) / rel / f"{name}.tif", hr, px)
+    if cfg.lr_type == "s":
+        save_tif(cfg.lr_dir(ts) / rel / f"{name}.tif", lrs[0], px if cfg.upsample or px is None else px * cfg.scale)
+    else:
+        save_npy(cfg.lr_dir(ts) / rel / f"{name}.npy", np.stack(lrs))
+    return {**job, "y0": y0, "x0": x0, "fg_frac": fg, "after_mean": float(hr.mean()), "after_sd": float(hr.std()),
+            "after_min": int(hr.min()), "after_max": int(hr.max())}
+
+
+def run_tiles(jobs: List[dict], cfg: TileConfig, workers: int = 1) -> List[dict]:
+    """Make every tile with `workers` processes; rows come back sorted by tile id."""
+    order = sorted(jobs, key=lambda j: (j["fn"], j["id"]))  # one open file per worker at a time
+    work = partial(make_tile, cfg=cfg)
+    if workers <= 1:
+        rows = [work(j) for j in progress_bar(order)]
+    else:
+        with ProcessPoolExecutor(workers) as ex:
+            chunk = max(1, len(order) // (workers * 8))
+            rows = list(progress_bar(ex.map(work, order, chunksize=chunk), total=len(order)))
+    for s in _OPEN.values():
+        s.close()
+    _OPEN.clear()
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def _check_options(tiles: Sequence[int], crap_func: str, n_frames: int, lr_type: str, scale: int, workers: int):
+    if lr_type not in ("s", "t", "z"):
+        fail(None, f"--lr_type must be s, t or z, not '{lr_type}'")
+    if lr_type == "s" and n_frames != 1:
+        fail(None, "--lr_type s uses one frame; pass --n_frames 1 (or --lr_type t/z)")
+    if n_frames < 1 or n_frames % 2 == 0:
+        fail(None, f"--n_frames must be odd (a centre frame and as many on each side), not {n_frames}")
+    if crap_func not in CRAPPIFIERS:
+        fail(None, f"unknown crappifier '{crap_func}'; known: {', '.join(sorted(CRAPPIFIERS))}")
+    if scale < 1 or any(t < scale or t % scale for t in tiles):
+        fail(None, f"every --tile must be a multiple of --scale {scale}: {list(tiles)}")
+    if workers < 1:
+        fail(None, "--workers must be at least 1")
+
+
+def make_dataset(out: Path, info: Path, tiles: Sequence[int], n_train: int, n_valid: int,
+                 crap_func: str = "no_crap", n_frames: int = 1, lr_type: str = "s", scale: int = 4,
+                 ftypes: Optional[Sequence[str]] = None, upsample: bool = False,
+                 only: Optional[Sequence[str]] = None, skip: Optional[Sequence[str]] = None,
+                 clean: bool = False, seed: int = 0, workers: int = 1) -> dict:
+    """Plan and write a whole data set; returns its dataset.json content."""
+    tiles = [int(t) for t in tiles]
+    _check_options(tiles, crap_func, n_frames, lr_type, scale, workers)
+    df = select_rows(read_info(info), ftypes, only, skip)
+    jobs, n_skipped = plan_tiles(df, n_train, n_valid, tiles, lr_type, n_frames, seed)
+    root = prepare_out_dir(dataset_root(out, info, crap_func, n_frames, lr_type), clean, "data set")
+    cfg = TileConfig(str(root), crap_func, scale, n_frames, lr_type, upsample, seed)
+    rows = run_tiles(jobs, cfg, workers)
+    cols = list(df.columns) + TILE_COLS
+    with atomic_path(root / f"tiles{cfg.multi}.csv") as tmp:
+        pd.DataFrame(rows)[cols].to_csv(tmp, index=False)
+    n_weak = sum(r["fg_frac"] < FG_FRAC for r in rows)
+    meta = dict(scale=scale, tile=tiles[0] if len(tiles) == 1 else tiles, tiles=tiles, n_frames=n_frames,
+                lr_type=lr_type, crap_func=crap_func, upsample=upsample, seed=seed,
+                norm=dict(lo=PCT_LO, hi=PCT_HI), info=str(info), n_train=n_train, n_valid=n_valid,
+                n_tiles=len(rows), n_files_skipped=n_skipped, n_mostly_background=n_weak,
+                fg_frac=FG_FRAC, hr_dirs=[cfg.hr_dir(t).name for t in tiles], lr_dirs=[cfg.lr_dir(t).name for t in tiles])
+    with atomic_path(root / "dataset.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=1))
+    return meta
