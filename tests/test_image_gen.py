@@ -1,0 +1,100 @@
+"""image_gen.py end to end: original command line, output tree and metadata, bad inputs."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+import utils  # noqa: F401
+from utils.errors import PSSRError
+from utils.model import build_model, make_meta, save_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from restore_helpers import smooth_image, write_stack  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import image_gen  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    """Untrained small models in the step-3 format: single-frame and 5-frame (time)."""
+    d = tmp_path_factory.mktemp("models")
+    for name, kw in (("toy", {}), ("toy5", dict(n_frames=5, lr_type="t"))):
+        meta = make_meta(arch="resnet18", **kw)
+        save_model(build_model(meta), meta, name, d)
+    return d
+
+
+@pytest.fixture()
+def src(tmp_path) -> Path:
+    s = tmp_path / "src"
+    write_stack(s / "img.tif", smooth_image((32, 40)), "YX", 0.02)  # 40: padded to 64 inside
+    write_stack(s / "live" / "movie.tif", np.stack([smooth_image((32, 32), i) for i in range(3)]), "TYX", 0.1)
+    return s
+
+
+def test_original_command_line_tree_metadata_and_corrupt_file(models, src, tmp_path):
+    (src / "corrupt.tif").write_bytes(b"II*\x00 definitely not a tiff" * 10)
+    (src / "empty.tif").write_bytes(b"")
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "image_gen.py", src, out, "--models", "toy", "toy5", "--model_dir", models,
+                        "--baselines", "--dtype", "uint16"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    warnings = [l for l in r.stderr.splitlines() if l.startswith("warning: skipping")]
+    assert any("corrupt.tif" in l for l in warnings) and any("empty.tif" in l for l in warnings)
+    assert "skipped 8 (2 input file(s)" in r.stdout  # 2 bad files x 4 processors, counted
+    for name in ("toy", "toy5", "LR-bilinear", "LR-bicubic"):
+        img, movie = out / name / f"img_{name}.tif", out / "live" / name / f"movie_{name}.tif"
+        with tifffile.TiffFile(img) as t:
+            assert t.series[0].shape == (128, 160) and t.series[0].dtype == np.uint16 and t.is_imagej
+            assert t.pages[0].tags["XResolution"].value[1] / t.pages[0].tags["XResolution"].value[0] == \
+                pytest.approx(0.005, rel=1e-4)
+        with tifffile.TiffFile(movie) as t:  # every frame kept, time axis labelled for Fiji/napari
+            assert t.series[0].axes == "TYX" and t.series[0].shape == (3, 128, 128)
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_model_not_found(models, src, tmp_path):
+    with pytest.raises(PSSRError, match="model 'nope' not found.*toy"):
+        image_gen.main(src, tmp_path / "out", models="nope", model_dir=models)
+
+
+def test_empty_src_dir(models, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PSSRError, match="empty: SRC_DIR holds no"):
+        image_gen.main(tmp_path / "empty", tmp_path / "out", models="toy", model_dir=models)
+
+
+def test_out_dir_needs_force_and_resume_keeps(models, src, tmp_path, capsys):
+    out = tmp_path / "out"
+    image_gen.main(src, out, baselines=True)
+    first = out / "LR-bilinear" / "img_LR-bilinear.tif"
+    stamp = first.stat().st_mtime_ns
+    with pytest.raises(PSSRError, match="OUT_DIR exists already; pass --force"):
+        image_gen.main(src, out, baselines=True)
+    image_gen.main(src, out, baselines=True, resume=True)
+    assert first.stat().st_mtime_ns == stamp and "kept 4 existing" in capsys.readouterr().out
+    image_gen.main(src, out, baselines=True, force=True, dtype="uint8")
+    assert tifffile.imread(first).dtype == np.uint8
+
+
+def test_incompatible_frames_and_channels(models, tmp_path, capsys):
+    s = tmp_path / "src"
+    write_stack(s / "zstack.tif", np.stack([smooth_image((32, 32), i) for i in range(4)]), "ZYX")
+    with pytest.raises(PSSRError, match="no file could be restored"):
+        image_gen.main(s, tmp_path / "o1", models="toy5", model_dir=models)
+    assert "needs 5 frames along time but the file has 1 there and 4 z-slices" in capsys.readouterr().err
+    with pytest.raises(PSSRError, match="no file could be restored"):
+        image_gen.main(s, tmp_path / "o2", models="toy", model_dir=models, channel=1)
+    assert "1 channel(s); channel 1 does not exist" in capsys.readouterr().err
+
+
+def test_cli_error_is_one_line_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, "image_gen.py", tmp_path / "missing", tmp_path / "out", "--baselines"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "missing: SRC_DIR is not a folder" in r.stderr

@@ -1,0 +1,91 @@
+"""utils/model.py: shapes of both input paths, weights loading, save/load round trip, clear errors."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.models import resnet18
+
+import utils  # noqa: F401
+from utils.errors import PSSRError
+from utils.model import build_model, find_weights, load_model, make_meta, save_model
+
+
+@pytest.mark.parametrize("lr_space", [False, True])
+@pytest.mark.parametrize("n_frames", [1, 5])
+def test_shapes_and_bilinear_start(n_frames, lr_space):
+    """(B, n, h, w) -> (B, 1, 4h, 4w); the zeroed output layer makes an untrained model exactly bilinear."""
+    model = build_model(dict(arch="resnet18", n_frames=n_frames, lr_space=lr_space)).eval()
+    x = torch.rand(2, n_frames, 32, 32)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (2, 1, 128, 128) and type(y) is torch.Tensor
+    c = n_frames // 2
+    bilinear = F.interpolate(x[:, c:c + 1], scale_factor=4, mode="bilinear", align_corners=False)
+    assert torch.allclose(y, bilinear, atol=1e-6)
+    assert model.unet.layers[0][0].in_channels == n_frames
+
+
+def test_lr_space_runs_unet_at_lr_resolution():
+    """The lr_space U-Net sees the LR image (scale² fewer pixels); the default one the upsampled image."""
+    seen = {}
+    for lr_space in (False, True):
+        model = build_model(dict(arch="resnet18", lr_space=lr_space, residual=False)).eval()
+        model.unet.layers[0][0].register_forward_hook(lambda m, i, o, k=lr_space: seen.__setitem__(k, i[0].shape))
+        with torch.no_grad():
+            assert model(torch.rand(1, 1, 32, 32)).shape == (1, 1, 128, 128)
+    assert seen[False][-1] == 128 and seen[True][-1] == 32
+
+
+def test_save_load_round_trip(tmp_path):
+    meta = make_meta(arch="resnet18", n_frames=5, lr_space=True, crap_func="new_crap_AG_SP")
+    model = build_model(meta)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)  # move off the bilinear start so outputs are informative
+    save_model(model, meta, "m", tmp_path)
+    loaded, meta2 = load_model("m", tmp_path)
+    assert meta2["n_frames"] == 5 and meta2["crap_func"] == "new_crap_AG_SP" and meta2["norm"]["hi"] == 99.99
+    x = torch.rand(1, 5, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), loaded(x))
+    assert not loaded.training
+
+
+def test_load_model_missing_and_mismatched(tmp_path):
+    with pytest.raises(PSSRError, match="not found"):
+        load_model("nope", tmp_path)
+    save_model(build_model(dict(arch="resnet18")), dict(arch="resnet18"), "m", tmp_path)
+    meta = json.loads((tmp_path / "m.json").read_text())
+    (tmp_path / "m.json").write_text(json.dumps({**meta, "n_frames": 5, "lr_type": "t"}))
+    with pytest.raises(PSSRError, match="do not match"):
+        load_model("m", tmp_path)
+
+
+def test_pretrained_weights_from_file(tmp_path):
+    """--weights: an ImageNet-style resnet state dict; the stem kernel is spread over the input frames."""
+    ref = resnet18()
+    torch.save(ref.state_dict(), tmp_path / "resnet18-test.pth")
+    model = build_model(dict(arch="resnet18", n_frames=5, pretrained=True, imagenet_norm=True),
+                        find_weights("resnet18", tmp_path / "resnet18-test.pth"))
+    body = model.unet.layers[0]
+    expect = ref.conv1.weight.sum(dim=1, keepdim=True).repeat(1, 5, 1, 1) / 5
+    assert torch.allclose(body[0].weight, expect)
+    assert torch.equal(body[4][0].conv1.weight, ref.layer1[0].conv1.weight)
+
+
+def test_pretrained_weights_from_torch_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(PSSRError, match="--weights PATH"):
+        find_weights("resnet34")
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(resnet18().state_dict(), tmp_path / "checkpoints" / "resnet18-f37072fd.pth")
+    assert find_weights("resnet18").name == "resnet18-f37072fd.pth"
+    torch.save({"not": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(PSSRError, match="not ImageNet weights"):
+        build_model(dict(arch="resnet18"), tmp_path / "bad.pth")
+
+
+def test_unknown_arch():
+    with pytest.raises(PSSRError, match="unknown arch"):
+        build_model(dict(arch="vgg16"))

@@ -1,0 +1,317 @@
+"""train.py end to end on a tiny fixture data set: files and metadata, reload, schedules, resume, distributed
+path, bad inputs. resnet18, 32-64 px, 1-2 epochs: the whole module stays well under two minutes on 2 cores."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import utils  # noqa: F401
+from fastai.learner import Learner
+from fastai.callback.core import Callback, CancelFitException
+from torchvision.models import resnet18
+
+import train
+import utils.training as training
+from utils.data import find_dataset, make_dls
+from utils.errors import PSSRError
+from utils.model import build_model, load_model
+from utils.training import read_schedule, sr_metrics, unet_splitter
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fixtures_train import make_dataset  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "s_1_tiny_new_crap_AG_SP"
+# fp32 here: on a tiny run the bf16 kernels' warm-up costs more than they save; the fixture model uses the
+# CPU fast path so that it is exercised too.
+FAST = dict(arch="resnet18", bs=4, size=32, tile_sz=64, lr=1e-3, attn=False, fp32=True)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    make_dataset(root, NAME, tile=64, n_train=8, n_valid=4)
+    make_dataset(root, "t_5_tiny", tile=64, n_train=8, n_valid=4, n_frames=5, lr_type="t")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    """One 2-epoch run (CPU fast path, encoder from an ImageNet-style weights file) shared by several tests."""
+    d = tmp_path_factory.mktemp("trained")
+    torch.save(resnet18().state_dict(), d / "r18.pth")
+    run(data, d / "models", cycles=2, fp32=False, pretrain=True, weights=str(d / "r18.pth"))
+    return d / "models"
+
+
+def run(data, model_dir, **kw):
+    opts = {**FAST, "datasetname": NAME, "data_path": str(data), "model_dir": str(model_dir), "save_name": "x",
+            "cycles": 1, **kw}
+    train.main(**opts)
+
+
+def snapshot(d: Path) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in d.iterdir()} if d.exists() else {}
+
+
+def test_train_saves_best_and_final_models(trained):
+    """Contract files and metadata; the final model (= best epoch) reloads with identical outputs, also
+    through the fastai export."""
+    names = {p.name for p in trained.iterdir()}
+    for n in ("s_1_x_e2", "s_1_x_e2_best_32"):
+        assert {f"{n}.pth", f"{n}.json", f"{n}.pkl"} <= names
+    assert "s_1_x_e2.ckpt" not in names  # a finished run leaves no checkpoint
+    final, meta = load_model("s_1_x_e2", trained)
+    best, best_meta = load_model("s_1_x_e2_best_32", trained)
+    assert meta["scale"] == 4 and meta["n_frames"] == 1 and meta["size"] == 32 and meta["tile_sz"] == 64
+    assert meta["crap_func"] == "new_crap_AG_SP" and meta["datasetname"] == NAME and meta["epochs"] == 2
+    assert meta["pretrained"] and meta["imagenet_norm"] and "bf16" in meta["precision"]
+    assert np.isfinite(best_meta["best_valid_loss"]) and meta["best_valid_loss"] == best_meta["best_valid_loss"]
+    x = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        y = final(x)
+        assert torch.equal(y, best(x))
+        from fastai.learner import load_learner
+        exported = load_learner(trained / "s_1_x_e2.pkl").model.eval().float()
+        assert torch.allclose(exported(x), y, atol=1e-6)
+    # an untrained model would equal bilinear exactly (zeroed output layer): training changed it
+    assert not torch.allclose(y, final.centre_up(x))
+
+
+def test_refuses_to_overwrite(data, trained):
+    before = snapshot(trained)
+    with pytest.raises(PSSRError, match="exists already"):
+        run(data, trained, cycles=2)
+    assert snapshot(trained) == before
+    names = ["s_1_x_e2", "s_1_x_e2_best_32"]
+    train.check_names(names, trained, None, resume=False, force=True, final="s_1_x_e2")  # --force: no error
+    with pytest.raises(PSSRError, match="--force"):
+        train.check_names(names, trained, None, resume=False, force=False, final="s_1_x_e2")
+
+
+def test_discriminative_rates_and_frozen_encoder(data):
+    """slice(lo, hi) gives the encoder group the low rate and the decoder the high one; freeze() stops
+    the encoder's weights (BatchNorm stays trainable, as in fastai)."""
+    spec = find_dataset(data, NAME, "s", 64, 1, 32)
+    model = build_model(dict(arch="resnet18", self_attention=False))
+    learn = Learner(make_dls(spec, 1, 32, 4), model, metrics=sr_metrics(), splitter=unet_splitter,
+                    loss_func=torch.nn.functional.mse_loss)
+
+    class Spy(Callback):
+        def after_batch(self):
+            self.lrs = [h["lr"] for h in self.opt.hypers]
+            raise CancelFitException
+
+    learn.freeze()
+    enc_w = model.unet.layers[0][0].weight.clone()
+    spy = Spy()
+    learn.fit_one_cycle(1, slice(1e-5, 1e-3), cbs=spy)
+    assert len(spy.lrs) == 2 and spy.lrs[0] < spy.lrs[1] / 10
+    assert torch.equal(model.unet.layers[0][0].weight, enc_w)
+    assert not model.unet.layers[0][0].weight.requires_grad
+    learn.unfreeze()
+    assert model.unet.layers[0][0].weight.requires_grad
+
+
+def test_schedule_rounds_and_stages(data, tmp_path):
+    """Progressive resizing: each round keeps its own best model; round 2 starts from round 1's best."""
+    sched = tmp_path / "s.json"
+    sched.write_text(json.dumps({"rounds": [
+        {"size": 32, "tile_sz": 64, "bs": 4, "frozen": {"epochs": 1, "lr": 1e-3},
+         "unfrozen": {"epochs": 1, "lr": [1e-5, 1e-3]}},
+        {"size": 64, "tile_sz": 64, "bs": 4, "unfrozen": {"epochs": 1, "lr": [1e-5, 1e-4]}}]}))
+    rounds = read_schedule(sched)
+    assert [s.freeze for s in rounds[0].stages] == [True, False] and rounds[1].epochs == 1
+    starts = []
+    orig = training.BestModel.before_fit
+
+    def spy(self):
+        starts.append({k: v.clone() for k, v in training.unwrap(self.model).state_dict().items()})
+        orig(self)
+
+    training.BestModel.before_fit = spy
+    try:
+        run(data, tmp_path / "m", schedule=str(sched))
+    finally:
+        training.BestModel.before_fit = orig
+    m = tmp_path / "m"
+    assert {"s_1_x_e3_best_32.pth", "s_1_x_e3_best_64.pth", "s_1_x_e3.pth"} <= {p.name for p in m.iterdir()}
+    best32 = torch.load(m / "s_1_x_e3_best_32.pth", weights_only=True)
+    assert all(torch.equal(starts[-1][k], v) for k, v in best32.items())  # round 2 began at round 1's best
+    assert json.loads((m / "s_1_x_e3.json").read_text())["size"] == 64
+
+
+def test_resume_after_interruption(data, tmp_path, monkeypatch):
+    """Killed after epoch 1 of 2: the best model and the checkpoint survive; --resume trains only epoch 2."""
+    orig = training.EpochCheckpoint.after_epoch
+
+    def killed(self):
+        orig(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.EpochCheckpoint, "after_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(data, tmp_path, cycles=2)
+    monkeypatch.setattr(training.EpochCheckpoint, "after_epoch", orig)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert "s_1_x_e2.ckpt" in names and "s_1_x_e2_best_32.pth" in names and "s_1_x_e2.pth" not in names
+    with pytest.raises(PSSRError, match="--resume"):
+        run(data, tmp_path, cycles=2)
+    with pytest.raises(PSSRError, match="different"):
+        run(data, tmp_path, cycles=2, resume=True, lr=5e-4)
+    epochs = []
+    monkeypatch.setattr(training.BestModel, "after_epoch",
+                        lambda self, f=training.BestModel.after_epoch: (epochs.append(self.epoch), f(self)))
+    run(data, tmp_path, cycles=2, resume=True)
+    assert epochs == [0, 1]  # epoch 0 is skipped (no training), epoch 1 trained
+    meta = json.loads((tmp_path / "s_1_x_e2.json").read_text())
+    assert meta["epochs"] == 2 and not (tmp_path / "s_1_x_e2.ckpt").exists()
+
+
+def test_load_name_continues(data, trained, tmp_path, capsys):
+    """--load_name of the model being written continues it (weights and optimizer state) and may replace it."""
+    shutil.copytree(trained, tmp_path / "m")
+    before = torch.load(tmp_path / "m" / "s_1_x_e2.pth", weights_only=True)
+    run(data, tmp_path / "m", cycles=2, load_name="s_1_x_e2", pretrain=True,
+        weights=str(trained.parent / "r18.pth"))
+    assert "loaded s_1_x_e2 (with optimizer state)" in capsys.readouterr().out
+    after = torch.load(tmp_path / "m" / "s_1_x_e2.pth", weights_only=True)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(PSSRError, match="n_frames"):
+        run(data, tmp_path / "m", load_name="s_1_x_e2", save_name="z", datasetname="t_5_tiny", lr_type="t",
+            n_frames=5)
+
+
+def test_pretrain_needs_weights(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(PSSRError, match="--weights PATH"):
+        run(data, tmp_path / "m", pretrain=True)
+    assert not (tmp_path / "m").exists()
+
+
+def broken_copy(data: Path, tmp: Path, name: str = NAME) -> Path:
+    shutil.copytree(data / name, tmp / name)
+    return tmp
+
+
+@pytest.mark.parametrize("case, match", [
+    ("no_dataset", "data set not found"),
+    ("no_folder", "missing data set folder"),
+    ("incomplete", "incomplete"),
+    ("unpaired", "do not pair"),
+    ("depth", "frame"),
+    ("small", "smaller than --size"),
+    ("crap", "unknown crappifier"),
+    ("arch", "unknown arch"),
+])
+def test_bad_inputs(data, tmp_path, case, match):
+    """One-line PSSRError naming the problem; nothing in the models folder is written or changed."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "keep.pth").write_bytes(b"x")
+    before = snapshot(models)
+    kw = {}
+    if case == "no_dataset":
+        kw["datasetname"] = "nope"
+    elif case == "no_folder":
+        kw["tile_sz"] = 128
+    elif case == "incomplete":
+        d = broken_copy(data, tmp_path)
+        (d / NAME / "dataset.json").unlink()
+        kw["data_path"] = str(d)
+    elif case == "unpaired":
+        d = broken_copy(data, tmp_path)
+        next((d / NAME / "hr_s_64" / "valid").rglob("*.tif")).unlink()
+        kw["data_path"] = str(d)
+    elif case == "depth":
+        d = broken_copy(data, tmp_path, "t_5_tiny")
+        f = next((d / "t_5_tiny" / "lr_t_64_t_5" / "train").rglob("*.npy"))
+        np.save(f, np.load(f)[:3])
+        kw.update(data_path=str(d), datasetname="t_5_tiny", lr_type="t", n_frames=5)
+    elif case == "small":
+        kw["size"] = 128
+    elif case == "crap":
+        d = broken_copy(data, tmp_path)
+        info = json.loads((d / NAME / "dataset.json").read_text())
+        (d / NAME / "dataset.json").write_text(json.dumps({**info, "crap_func": "bogus"}))
+        kw["data_path"] = str(d)
+    elif case == "arch":
+        kw["arch"] = "resnet99"
+    with pytest.raises(PSSRError, match=match) as e:
+        run(data, models, **kw)
+    assert "\n" not in str(e.value)
+    assert snapshot(models) == before
+
+
+def test_cli_exit_status_and_one_line_error(data, tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--datasetname", "nope", "--data_path", str(data),
+                        "--model_dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_distributed_single_process(data, tmp_path):
+    """The `accelerate launch` path (fastai DistributedTrainer: DDP model, DistributedDL, accelerator backward)
+    in one CPU process with the gloo backend, as a launcher would start each rank; on a 5-frame lr_space model."""
+    env = {**os.environ, "WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), "ACCELERATE_USE_CPU": "true"}
+    args = [sys.executable, "-c",
+            "import sys, train, fastai.distributed as d; from utils.errors import run_cli\n"
+            "seen = []\n"
+            "orig = d.DistributedTrainer.before_fit\n"
+            "def spy(self): orig(self); seen.append(type(self.learn.model).__name__)\n"
+            "d.DistributedTrainer.before_fit = spy\n"
+            "sys.argv = ['train.py'] + sys.argv[1:]\n"
+            "run_cli(train.main)\n"
+            "print('wrapped:', seen)\n",
+            "--datasetname", "t_5_tiny", "--lr_type", "t", "--n_frames", "5", "--lr_space", "--size", "64",
+            "--data_path", str(data), "--model_dir", str(tmp_path), "--arch", "resnet18", "--fp32",
+            "--tile_sz", "64", "--bs", "4", "--cycles", "1", "--noattn"]
+    r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "wrapped: ['DistributedDataParallel']" in r.stdout
+    model, meta = load_model("t_5_combo_e1", tmp_path)
+    assert meta["lr_space"] and meta["n_frames"] == 5 and meta["lr_type"] == "t"
+    with torch.no_grad():
+        assert model(torch.rand(1, 5, 32, 32)).shape == (1, 1, 128, 128)
+
+
+def test_dataloaders_crop_both_splits(data):
+    dls = make_dls(find_dataset(data, "t_5_tiny", "t", 64, 5, 32), 5, 32, 4)
+    for dl in (dls.train, dls.valid):
+        xb, yb = dl.one_batch()
+        assert xb.shape == (4, 5, 8, 8) and yb.shape == (4, 1, 32, 32) and xb.max() <= 1
+
+
+def test_paired_augment_keeps_lr_and_hr_aligned():
+    """One random draw, both scales: the augmented LR stays the block mean of the augmented HR (exactly without
+    rotation/zoom, closely with them), and validation crops are the fixed centre."""
+    from fixtures_train import downsample, structure
+    from utils.data import CentreCrop, PairedAugment
+    rng = np.random.default_rng(1)
+    hr = torch.from_numpy(np.stack([structure(rng, 128)]))
+    hr = torch.nn.functional.avg_pool2d(hr[None], 5, 1, 2, count_include_pad=False)[0]  # smooth: interpolation-safe
+    lr = torch.from_numpy(downsample(hr.numpy(), 4))
+    exact, affine = PairedAugment(64, 4, p_affine=0.0), PairedAugment(64, 4, max_rotate=10, max_zoom=1.1, p_affine=1.0)
+    for _ in range(8):
+        a_lr, a_hr = exact((lr, hr), split_idx=0)
+        assert a_lr.shape == (1, 16, 16) and a_hr.shape == (1, 64, 64)
+        assert torch.allclose(torch.from_numpy(downsample(a_hr.numpy(), 4)), a_lr, atol=1e-5)
+        a_lr, a_hr = affine((lr, hr), split_idx=0)
+        err = (torch.from_numpy(downsample(a_hr.numpy(), 4)) - a_lr).abs().mean()
+        assert err < 0.1 * a_lr.std()  # a one-LR-pixel misalignment gives several times this
+    c_lr, c_hr = CentreCrop(64, 4)((lr, hr), split_idx=1)
+    assert torch.equal(c_hr, hr[:, 32:96, 32:96]) and torch.equal(c_lr, lr[:, 8:24, 8:24])

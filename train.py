@@ -1,0 +1,152 @@
+"""Step 3: train the PSSR U-Net on a tile_from_info.py data set.
+
+    python train.py --datasetname s_1_mito_new_crap_AG_SP --bs 8 --lr 4e-4 --size 512 --tile_sz 512 \
+        --cycles 50 --save_name mito_AG_SP --lr_type s --n_frames 1 [--schedule recipes/em_progressive.json]
+
+Writes `{model_dir}/{lr_type}_{n_frames}_{save_name}_e{epochs}` (.pth/.json/.pkl) and, per round, the best
+epoch as `..._best_{size}`; prints validation PSNR/SSIM next to the bilinear baseline of the same LR tiles.
+Multi-GPU: `accelerate launch train.py ...` (batch size is per GPU, as in the original).
+"""
+import os
+from pathlib import Path
+from typing import Optional
+
+import utils  # noqa: F401  (quiet fastai/torch import warnings first)
+import torch
+import torch.nn.functional as F
+from fastai.learner import Learner
+from fastai.torch_core import num_distrib, rank_distrib, set_seed
+
+from utils.data import MAX_ROTATE, MAX_ZOOM, find_dataset, make_dls
+from utils.errors import fail, run_cli
+from utils.model import ARCHS, build_model, find_weights, model_exists, model_paths, read_meta, save_model
+from utils.training import (CPUFastPath, add_precision, bilinear_baseline, ckpt_path, export_learner, fit_rounds,
+                            plan_of, read_ckpt, read_schedule, single_round, sr_metrics, unet_splitter, unwrap)
+
+WD = 1e-3  # the original's weight decay
+
+
+def pick_device(device: Optional[str]) -> torch.device:
+    """--device, else this process's GPU under `accelerate launch`, else CUDA if present, else CPU."""
+    if device:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def check_names(names: list, model_dir: Path, load_name: Optional[str], resume: bool, force: bool,
+                final: str) -> None:
+    """Refuse to overwrite models (or abandon an interrupted run) unless told to: --force, --resume, or
+    --load_name of the very model being written (continuing it)."""
+    if force or resume or load_name in names:
+        return
+    if ckpt_path(final, model_dir).exists():
+        fail(ckpt_path(final, model_dir), "an interrupted run of this model left a checkpoint; "
+                                          "pass --resume to continue it or --force to start over")
+    for n in names:
+        if model_exists(n, model_dir):
+            fail(model_paths(n, model_dir)["pth"], "model exists already; pass --force to overwrite it, "
+                                                   "--load_name to continue from it, or choose another --save_name")
+
+
+def load_start(model: torch.nn.Module, load_name: str, model_dir: Path, meta: dict) -> Optional[dict]:
+    """--load_name: its weights into `model` (same arch/frames/scale/path); returns its optimizer state if saved."""
+    saved = read_meta(load_name, model_dir)
+    for k in ("arch", "n_frames", "scale", "lr_space"):
+        if saved[k] != meta[k]:
+            fail(model_paths(load_name, model_dir)["json"], f"--load_name model has {k}={saved[k]}, "
+                                                             f"this run {k}={meta[k]}")
+    model.load_state_dict(torch.load(model_paths(load_name, model_dir)["pth"], weights_only=True))
+    opt_file = model_paths(load_name, model_dir)["opt"]
+    opt_state = torch.load(opt_file, weights_only=False) if opt_file.exists() else None
+    print(f"loaded {load_name}" + (" (with optimizer state)" if opt_state else ""))
+    return opt_state
+
+
+def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_start: Optional[float] = None,
+         size: int = 256, tile_sz: int = 256, cycles: int = 5, save_name: str = "combo", lr_type: str = "s",
+         n_frames: int = 1, load_name: Optional[str] = None, freeze: bool = False, pretrain: bool = False,
+         weights: Optional[str] = None, arch: str = "resnet34", attn: bool = True, blur: bool = True,
+         final_blur: bool = True, last_cross: bool = True, bottle: bool = True, norm: bool = False,
+         l1_loss: bool = False, lr_space: bool = False, residual: bool = True, data_path: str = "datasets",
+         model_dir: str = "models", schedule: Optional[str] = None, seed: int = 0, device: Optional[str] = None,
+         workers: int = 0, fp32: bool = False, resume: bool = False, force: bool = False,
+         max_rotate: float = MAX_ROTATE, max_zoom: float = MAX_ZOOM) -> None:
+    """Train; every option as the original train.py plus --schedule/--lr_space/--weights/--seed/--device/
+    --workers/--model_dir/--fp32/--resume/--force (README, Step 3)."""
+    if datasetname is None:
+        fail(None, "--datasetname is required (a folder of --data_path written by tile_from_info.py)")
+    if lr_type not in ("s", "t", "z"):
+        fail(None, f"--lr_type must be s, t or z, not '{lr_type}'")
+    if (lr_type == "s") != (n_frames == 1):
+        fail(None, f"--lr_type {lr_type} needs {'--n_frames 1' if lr_type == 's' else 'more than one frame'}")
+    if arch not in ARCHS:
+        fail(None, f"unknown arch '{arch}'; choose one of {', '.join(ARCHS)}")
+    rounds = read_schedule(schedule) if schedule else single_round(size, tile_sz, bs, cycles, lr, lr_start, freeze)
+    total = sum(r.epochs for r in rounds)
+    model_dir = Path(model_dir)
+    final = f"{lr_type}_{n_frames}_{save_name}_e{total}"
+    check_names([final] + [f"{final}_best_{r.size}" for r in rounds], model_dir, load_name, resume, force, final)
+
+    # Every data set and weights file is checked before anything is written.
+    specs = {(r.tile_sz, r.size): find_dataset(Path(data_path), datasetname, lr_type, r.tile_sz, n_frames, r.size)
+             for r in rounds}
+    scale = next(iter(specs.values())).scale
+    if any(s.scale != scale for s in specs.values()):
+        fail(Path(data_path) / datasetname, "rounds use data sets of different scales")
+    weights_file = find_weights(arch, weights) if pretrain else None
+    ckpt = read_ckpt(ckpt_path(final, model_dir), plan_of(rounds)) if resume else None
+
+    set_seed(seed)
+    dev = pick_device(device)
+    spec0 = next(iter(specs.values()))
+    base_meta = dict(scale=scale, n_frames=n_frames, lr_type=lr_type, arch=arch, lr_space=lr_space,
+                     self_attention=attn, blur=blur, blur_final=final_blur, last_cross=last_cross, bottle=bottle,
+                     weight_norm=True, residual=residual, imagenet_norm=pretrain or norm, pretrained=pretrain,
+                     weights=str(weights_file) if weights_file else None, norm=spec0.norm,
+                     crap_func=spec0.crap_func, datasetname=datasetname, loss="l1" if l1_loss else "mse",
+                     seed=seed, schedule=plan_of(rounds))
+    model = build_model(base_meta, weights_file)
+    opt_state = load_start(model, load_name, model_dir, base_meta) if load_name else None
+    model = model.to(dev)
+    precision = []
+
+    def make_learner(rnd):
+        dls = make_dls(specs[(rnd.tile_sz, rnd.size)], n_frames, rnd.size, rnd.bs * max(1, num_distrib()),
+                       workers, dev, max_rotate, max_zoom)
+        learn = Learner(dls, model, loss_func=F.l1_loss if l1_loss else F.mse_loss, metrics=sr_metrics(),
+                        splitter=unet_splitter, wd=WD, path=Path("."), model_dir=model_dir)
+        precision.append(add_precision(learn, dev, fp32))
+        if not rank_distrib():
+            print(f"round: size {rnd.size}, tiles {rnd.tile_sz}, bs {rnd.bs}, {len(dls.train_ds)} train / "
+                  f"{len(dls.valid_ds)} valid tiles, {rnd.epochs} epochs on {dev} ({precision[-1]})")
+        return learn
+
+    def meta_of(rnd):
+        return {**base_meta, "size": rnd.size, "tile_sz": rnd.tile_sz, "precision": precision[-1]}
+
+    learn = fit_rounds(rounds, make_learner, final, model_dir, meta_of, ckpt, opt_state)
+    if rank_distrib():
+        return
+    last = rounds[-1]
+    best_meta = read_meta(f"{final}_best_{last.size}", model_dir)
+    save_model(unwrap(learn.model), {**meta_of(last), "epochs": total,
+                                     "best_valid_loss": best_meta["best_valid_loss"]}, final, model_dir,
+               opt_state=learn.opt.state_dict() if learn.opt else None)
+    export_learner(learn, model_paths(final, model_dir)["pkl"])
+    ckpt_path(final, model_dir).unlink(missing_ok=True)
+    report(learn, scale, final, model_dir)
+
+
+def report(learn: Learner, scale: int, final: str, model_dir: Path) -> None:
+    """Validation PSNR/SSIM of the saved model next to plain bilinear upsampling of the same LR tiles."""
+    learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, CPUFastPath)])  # evaluate in fp32
+    loss, p, s = learn.validate()
+    bp, bs_ = bilinear_baseline(learn, scale)
+    print(f"saved {model_dir / final}.pth/.json/.pkl")
+    print(f"valid PSNR {p:.2f} dB (bilinear {bp:.2f} dB), SSIM {s:.4f} (bilinear {bs_:.4f})")
+
+
+if __name__ == "__main__":
+    run_cli(main)

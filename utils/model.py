@@ -1,0 +1,234 @@
+"""The paper's "ResNet-based U-Net": build it from metadata, save it, load it back.
+
+A model on disk is `{name}.pth` (plain state dict), `{name}.json` (everything needed to rebuild and feed it:
+scale, n_frames, arch, input path, U-Net flags, normalization percentiles, data set), and, once a training round
+ends, `{name}.pkl` (fastai export). Inference needs only the first two: `load_model(name)`.
+"""
+import json
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import resnet18, resnet34, resnet50
+
+from fastai.layers import NormType, PixelShuffle_ICNR, ResBlock
+from fastai.torch_core import apply_init
+from fastai.vision.learner import create_body
+from fastai.vision.models.unet import DynamicUnet
+
+from .errors import PSSRError, fail
+from .fileio import atomic_path
+from .norm import PCT_HI, PCT_LO
+
+__all__ = ["ARCHS", "DEFAULT_META", "make_meta", "PSSRNet", "build_model", "find_weights", "save_model",
+           "load_model", "model_paths", "model_exists"]
+
+ARCHS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
+# ImageNet statistics averaged over RGB: a grey frame fed to the summed-RGB first conv sees the same activations
+# as the pretrained network on that grey image.
+IMAGENET_MEAN, IMAGENET_STD = 0.449, 0.226
+# DynamicUnet traces the encoder once to find where it downsamples; the layer structure does not depend on
+# the size used, so one small fixed size keeps building cheap and identical at training and inference.
+BUILD_SIZE = 64
+
+DEFAULT_META = dict(
+    scale=4, n_frames=1, lr_type="s", tile_sz=128, size=128, arch="resnet34", lr_space=False,
+    self_attention=True, blur=True, blur_final=True, last_cross=True, bottle=True, weight_norm=True,
+    residual=True, imagenet_norm=False, pretrained=False, norm={"lo": PCT_LO, "hi": PCT_HI}, crap_func=None,
+    datasetname=None, epochs=0, best_valid_loss=None,
+)
+
+
+def make_meta(**kwargs) -> dict:
+    """Metadata dict with the paper's defaults for everything not given."""
+    unknown = set(kwargs) - set(DEFAULT_META)
+    meta = {**DEFAULT_META, **{k: v for k, v in kwargs.items() if k in DEFAULT_META}}
+    meta.update({k: kwargs[k] for k in unknown})
+    return meta
+
+
+def find_weights(arch: str, weights: Optional[str] = None) -> Path:
+    """ImageNet weights file for `arch`: `weights` if given, else torchvision's file in the torch hub cache.
+
+    Never downloads: PSSR machines are often offline, and a silent download would hide which weights were used."""
+    if weights is not None:
+        p = Path(weights)
+        if not p.is_file():
+            fail(p, "--weights file not found")
+        return p
+    ckpt_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    found = sorted(ckpt_dir.glob(f"{arch}-*.pth"))
+    if not found:
+        fail(None, f"--pretrain needs ImageNet weights for {arch}: none in {ckpt_dir}; copy torchvision's "
+                   f"{arch}-*.pth there or pass --weights PATH (this tool never downloads)")
+    return found[-1]
+
+
+def adapt_first_conv(model: nn.Module, n_in: int) -> None:
+    """Give the ResNet stem `n_in` input channels; every channel gets the RGB-summed pretrained kernel / n_in.
+
+    fastai's own adaptation keeps 3 channels and zeroes the rest, which for a 5-frame stack would make the net
+    ignore 2 of the frames at start; spreading the grey kernel over all frames keeps a static stack equivalent
+    to one grey frame."""
+    old = model.conv1
+    new = nn.Conv2d(n_in, old.out_channels, old.kernel_size, old.stride, old.padding, bias=old.bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(old.weight.sum(dim=1, keepdim=True).repeat(1, n_in, 1, 1) / n_in)
+    model.conv1 = new
+
+
+def make_encoder(arch: str, n_in: int, weights_file: Optional[Path] = None) -> nn.Module:
+    """ResNet body (no pool/fc) with an `n_in`-channel stem, optionally from an ImageNet state dict."""
+    if arch not in ARCHS:
+        fail(None, f"unknown arch '{arch}'; choose one of {', '.join(ARCHS)}")
+    model = ARCHS[arch](weights=None)
+    if weights_file is not None:
+        try:
+            state = torch.load(weights_file, map_location="cpu", weights_only=True)
+            model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        except Exception as e:
+            fail(weights_file, f"not ImageNet weights for {arch} ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+    adapt_first_conv(model, n_in)
+    # The stem is adapted already, so create_body must leave it alone (n_in=3 means "no change" there).
+    return create_body(model, n_in=3, pretrained=weights_file is not None)
+
+
+class PSSRNet(nn.Module):
+    """LR image in [0,1] (B, n_frames, h, w) -> HR image (B, 1, h*scale, w*scale) in ~[0,1].
+
+    Default path (the original PSSR): bilinear x`scale` first, then the U-Net at HR resolution.
+    `lr_space`: the U-Net runs on the LR image (scale² fewer pixels) and learnable ICNR pixel-shuffle layers
+    upsample at the end (the paper's sub-pixel convolution idea).
+    `residual`: the output is added to the bilinear upsampling of the centre frame, so the U-Net learns only the
+    correction. The original returns the U-Net output directly; we add this (default on, `--noresidual` for the
+    original) because without it short trainings stay far below bilinear (32 CPU steps on the test fixture:
+    13.5 dB vs bilinear 23.1 dB). lr_space always uses it: its last_cross sees only the LR input."""
+
+    def __init__(self, unet: nn.Module, scale: int, lr_space: bool, imagenet_norm: bool, residual: bool = True,
+                 head: Optional[nn.Module] = None):
+        super().__init__()
+        self.unet, self.head = unet, head
+        self.scale, self.lr_space, self.imagenet_norm = scale, lr_space, imagenet_norm
+        self.residual = residual or lr_space
+
+    def upsample(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inp = x if self.lr_space else self.upsample(x)
+        if self.imagenet_norm:
+            inp = (inp - IMAGENET_MEAN) / IMAGENET_STD
+        out = self.unet(inp)
+        if self.lr_space:
+            out = self.head(out)
+        if self.residual:
+            out = out + self.centre_up(x)
+        return out.as_subclass(torch.Tensor)  # plain tensor for callers outside fastai
+
+    def centre_up(self, x: torch.Tensor) -> torch.Tensor:
+        """Bilinear upsampling of the centre frame (the frame the HR target belongs to)."""
+        c = x.shape[1] // 2
+        return self.upsample(x[:, c:c + 1])
+
+
+def sr_head(nf: int, scale: int, weight_norm: bool) -> nn.Sequential:
+    """ICNR pixel-shuffle x2 steps up to `scale`, then a 1x1 conv to one channel."""
+    steps = {2: 1, 4: 2, 8: 3}.get(scale)
+    if steps is None:
+        fail(None, f"--lr_space needs a scale of 2, 4 or 8, not {scale}")
+    norm = NormType.Weight if weight_norm else None
+    layers = [PixelShuffle_ICNR(nf, nf, scale=2, norm_type=norm) for _ in range(steps)]
+    return nn.Sequential(*layers, nn.Conv2d(nf, 1, kernel_size=1))
+
+
+def add_bottleneck(unet: DynamicUnet, norm_type) -> None:
+    """The original's `bottle`: halve the middle channels of the final ResBlock, keeping its output width.
+
+    fastai 2.8's `bottle=True` halves the block's output instead, which breaks the following 1x1 conv."""
+    layers = unet.layers
+    i = next(i for i, m in enumerate(layers) if isinstance(m, ResBlock))
+    ni = layers[i].convpath[0][0].in_channels
+    layers[i] = ResBlock(1, ni, ni, nh2=ni // 2, norm_type=norm_type)
+    apply_init(layers[i], nn.init.kaiming_normal_)
+
+
+def zero_output(layer: nn.Module) -> None:
+    """Zero the last conv's weights (the magnitude `g` under weight norm) and bias: a residual model then
+    starts exactly at bilinear upsampling, and every step of training improves on it."""
+    conv = [m for m in layer.modules() if isinstance(m, nn.Conv2d)][-1]
+    with torch.no_grad():
+        (conv.weight_g if hasattr(conv, "weight_g") else conv.weight).zero_()
+        if conv.bias is not None:
+            conv.bias.zero_()
+
+
+def build_model(meta: dict, weights_file: Optional[Path] = None) -> PSSRNet:
+    """The network described by `meta` (see `DEFAULT_META`), with random or ImageNet encoder weights."""
+    meta = make_meta(**meta)
+    n_in = int(meta["n_frames"])
+    encoder = make_encoder(meta["arch"], n_in, weights_file)
+    # lr_space: the U-Net ends in features for the sub-pixel head instead of the image.
+    n_out = 32 if meta["lr_space"] else 1
+    unet = DynamicUnet(encoder, n_out, (BUILD_SIZE, BUILD_SIZE), blur=meta["blur"], blur_final=meta["blur_final"],
+                       self_attention=meta["self_attention"], last_cross=meta["last_cross"], bottle=False,
+                       norm_type=NormType.Weight if meta["weight_norm"] else None)
+    if meta["bottle"] and meta["last_cross"]:
+        add_bottleneck(unet, NormType.Weight if meta["weight_norm"] else None)
+    head = sr_head(n_out, int(meta["scale"]), meta["weight_norm"]) if meta["lr_space"] else None
+    if meta["residual"] or meta["lr_space"]:
+        zero_output(head if meta["lr_space"] else unet)
+    return PSSRNet(unet, int(meta["scale"]), bool(meta["lr_space"]), bool(meta["imagenet_norm"]),
+                   bool(meta["residual"]), head)
+
+
+def model_paths(name: str, model_dir: Path = Path("models")) -> dict:
+    """Files of model `name`: pth (weights), json (metadata), pkl (fastai export), opt (optimizer state)."""
+    d = Path(model_dir)
+    return {k: d / f"{name}.{k}" for k in ("pth", "json", "pkl", "opt")}
+
+
+def model_exists(name: str, model_dir: Path = Path("models")) -> bool:
+    return any(p.exists() for k, p in model_paths(name, model_dir).items() if k != "opt")
+
+
+def save_model(model: nn.Module, meta: dict, name: str, model_dir: Path = Path("models"),
+               opt_state: Optional[dict] = None) -> Path:
+    """Write `{name}.pth` then `{name}.json` (and `{name}.opt` when given), each atomically.
+
+    The json goes last, so a json on disk always describes complete weights."""
+    paths = model_paths(name, model_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(paths["pth"]) as tmp:
+        torch.save(state, tmp)
+    if opt_state is not None:
+        with atomic_path(paths["opt"]) as tmp:
+            torch.save(opt_state, tmp)
+    with atomic_path(paths["json"]) as tmp:
+        Path(tmp).write_text(json.dumps(make_meta(**meta), indent=1, default=str))
+    return paths["pth"]
+
+
+def read_meta(name: str, model_dir: Path = Path("models")) -> dict:
+    paths = model_paths(name, model_dir)
+    if not paths["pth"].is_file() or not paths["json"].is_file():
+        have = sorted(p.stem for p in Path(model_dir).glob("*.json")) if Path(model_dir).is_dir() else []
+        fail(paths["pth"], f"model '{name}' not found (needs {name}.pth and {name}.json); "
+                           f"models in {model_dir}: {', '.join(have) or 'none'}")
+    try:
+        return make_meta(**json.loads(paths["json"].read_text()))
+    except (json.JSONDecodeError, TypeError) as e:
+        fail(paths["json"], f"unreadable model metadata ({e})")
+
+
+def load_model(name: str, model_dir: Path = Path("models"), device: str = "cpu") -> Tuple[PSSRNet, dict]:
+    """(model in eval mode on `device`, metadata) for `{model_dir}/{name}.pth` + `.json`."""
+    meta = read_meta(name, model_dir)
+    model = build_model(meta)
+    pth = model_paths(name, model_dir)["pth"]
+    try:
+        model.load_state_dict(torch.load(pth, map_location="cpu", weights_only=True))
+    except Exception as e:
+        raise PSSRError(f"{pth}: weights do not match its metadata ({type(e).__name__})") from None
+    return model.to(device).eval(), meta

@@ -1,0 +1,361 @@
+"""Inference engine: restore whole frames, z-stacks and time-lapses with bounded memory.
+
+A frame is processed one row of tiles at a time: the LR band under the tile row is
+read from the file (`Source.read` with a box), normalized with the frame's own
+percentiles (as at training time), predicted in batches of tiles, blended into an
+output row buffer, and finished output rows are streamed into the TIFF as strips.
+Peak memory is therefore set by the tile size and the image width, never by the
+image area (real EM frames are 24576²).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import tifffile
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter1d
+from torch import nn
+
+from .errors import fail
+from .fileio import atomic_path
+from .norm import PCT_HI, PCT_LO, MAX_PCT_PIXELS, normalize, subsample_step
+from .sources import Source
+
+__all__ = ["SEAMS", "SEAM_BAND", "SEAM_SIGMA", "OUT_DTYPES", "reflect_index", "frame_windows", "tile_starts",
+           "axis_weights", "Upsampler", "Predictor", "frame_percentiles", "restore_frame", "to_dtype",
+           "write_tif_stream", "plan_frames", "restore_file"]
+
+# 'linear'/'cosine': overlapping tiles cross-fade with a ramp over the overlap.
+# 'blur': the paper's method - tiles meet at the middle of the overlap and a
+# Gaussian (sigma 1) smooths a 10-pixel band across each seam.
+SEAMS = ("cosine", "linear", "blur")
+SEAM_BAND, SEAM_SIGMA = 10, 1.0
+_BLUR_RADIUS = int(4 * SEAM_SIGMA)  # scipy's default truncation
+_SEAM_CONTEXT = SEAM_BAND // 2 + _BLUR_RADIUS
+OUT_DTYPES = ("float32", "uint16", "uint8")
+
+
+# --------------------------------------------------------------------------- frames
+
+def reflect_index(i: int, n: int) -> int:
+    """Mirror index `i` into [0, n) without repeating the edge frame (numpy 'reflect')."""
+    if n == 1:
+        return 0
+    period = 2 * (n - 1)
+    i = abs(i) % period
+    return period - i if i >= n else i
+
+
+def frame_windows(n: int, n_frames: int, drop_edges: bool = False) -> List[Tuple[int, List[int]]]:
+    """(output frame, input frames t-k..t+k) for each frame a multi-frame model sees.
+
+    Edge frames get a reflected window so the output keeps all `n` frames; with
+    `drop_edges` the original's behaviour is reproduced (the first and last k
+    frames are dropped, n - 2k outputs)."""
+    k = n_frames // 2
+    if drop_edges:
+        return [(t, list(range(t - k, t + k + 1))) for t in range(k, n - k)]
+    return [(t, [reflect_index(t + d, n) for d in range(-k, k + 1)]) for t in range(n)]
+
+
+# --------------------------------------------------------------------------- tiles
+
+def tile_starts(n: int, tile: int, overlap: int) -> List[int]:
+    """Evenly spaced tile starts covering [0, n) with at least `overlap` pixels shared."""
+    if n <= tile:
+        return [0]
+    if not 0 <= overlap < tile:
+        fail(None, f"overlap {overlap} must be >= 0 and smaller than the tile size {tile}")
+    k = int(np.ceil((n - tile) / (tile - overlap))) + 1
+    return [int(v) for v in np.round(np.linspace(0, n - tile, k))]
+
+
+def _ramp(m: int, mode: str) -> np.ndarray:
+    """Rising weights over an overlap of m pixels (strictly positive, so sums never vanish)."""
+    u = (np.arange(m) + 0.5) / m
+    if mode == "linear":
+        return u
+    if mode == "cosine":
+        return 0.5 - 0.5 * np.cos(np.pi * u)
+    return (np.arange(m) >= m // 2).astype(np.float64)  # 'blur': hard cut at the middle
+
+
+def axis_weights(starts: Sequence[int], length: int, i: int, scale: int, mode: str) -> np.ndarray:
+    """Output-pixel weights of tile `i` along one axis: ramps where it overlaps its neighbours."""
+    w = np.ones(length * scale)
+    if i > 0:
+        m = (starts[i - 1] + length - starts[i]) * scale
+        if m > 0:
+            w[:m] *= _ramp(m, mode)
+    if i < len(starts) - 1:
+        m = (starts[i] + length - starts[i + 1]) * scale
+        if m > 0:
+            w[len(w) - m:] *= _ramp(m, mode)[::-1]
+    return w.astype(np.float32)
+
+
+def _seams(starts: Sequence[int], length: int, scale: int) -> List[int]:
+    """Output positions where neighbouring tiles meet in 'blur' mode (middle of each overlap)."""
+    out = []
+    for a, b in zip(starts[:-1], starts[1:]):
+        m = (a + length - b) * scale
+        out.append(b * scale + m // 2)
+    return out
+
+
+def _blur_band(x: np.ndarray, c: int, axis: int) -> None:
+    """Smooth the SEAM_BAND pixels centred on seam `c` along `axis`, in place."""
+    n = x.shape[axis]
+    lo, hi = max(0, c - _SEAM_CONTEXT), min(n, c + _SEAM_CONTEXT)
+    b0, b1 = max(0, c - SEAM_BAND // 2), min(n, c + SEAM_BAND // 2)
+    sl = [slice(None)] * x.ndim
+    sl[axis] = slice(lo, hi)
+    smooth = gaussian_filter1d(x[tuple(sl)], SEAM_SIGMA, axis=axis, mode="nearest")
+    src = [slice(None)] * x.ndim
+    src[axis] = slice(b0 - lo, b1 - lo)
+    dst = [slice(None)] * x.ndim
+    dst[axis] = slice(b0, b1)
+    x[tuple(dst)] = smooth[tuple(src)]
+
+
+# --------------------------------------------------------------------------- models
+
+class Upsampler(nn.Module):
+    """Baseline 'model': interpolates the centre frame (bilinear or bicubic) by `scale`."""
+
+    def __init__(self, scale: int, mode: str = "bilinear"):
+        super().__init__()
+        self.scale, self.mode = scale, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1] // 2
+        return F.interpolate(x[:, c:c + 1], scale_factor=self.scale, mode=self.mode, align_corners=False)
+
+
+class Predictor:
+    """Run a model on batches of LR tiles (numpy in, numpy out).
+
+    `fast`: bfloat16 autocast with channels_last on CPU (see bench/bench_infer.py
+    for when it pays). Tiles are reflect-padded to a multiple of `multiple`
+    because the U-Net's encoder halves the size five times."""
+
+    def __init__(self, model: nn.Module, scale: int, device: str = "cpu", fast: bool = False,
+                 batch_size: int = 4, multiple: int = 32):
+        self.device, self.scale, self.fast = torch.device(device), scale, fast
+        self.batch_size, self.multiple = max(1, batch_size), multiple
+        self.model = model.to(self.device).eval()
+        if fast:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % self.multiple, (-w) % self.multiple
+        if not (ph or pw):
+            return x
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+    @torch.inference_mode()
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        """tiles (B, n_frames, h, w) float32 in [0, 1] -> (B, h*scale, w*scale) float32."""
+        h, w = tiles.shape[-2:]
+        outs = []
+        for i in range(0, len(tiles), self.batch_size):
+            x = self._pad(torch.from_numpy(np.ascontiguousarray(tiles[i:i + self.batch_size])).to(self.device))
+            if self.fast:
+                x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                    y = self.model(x)
+            else:
+                y = self.model(x)
+            outs.append(y[:, 0, :h * self.scale, :w * self.scale].float().cpu().numpy())
+        return np.concatenate(outs)
+
+
+# --------------------------------------------------------------------------- one frame
+
+def frame_percentiles(src: Source, c: int, z: int, t: int, pcts: Sequence[float] = (PCT_LO, PCT_HI),
+                      max_pixels: int = MAX_PCT_PIXELS) -> Tuple[float, float]:
+    """Per-frame normalization percentiles from the same regular-grid subsample as utils.norm,
+    read with a step so only the sampled rows of a huge frame are touched."""
+    k = subsample_step(src.ny, src.nx, max_pixels)
+    lo, hi = np.percentile(src.read(c, z, t, step=k), pcts)
+    return float(lo), float(hi)
+
+
+def restore_frame(read_band: Callable[[int, int], np.ndarray], ny: int, nx: int, predict: Callable,
+                  scale: int, tile: Optional[int] = None, overlap: int = 16,
+                  seam: str = "cosine") -> Iterator[np.ndarray]:
+    """Yield the restored frame as consecutive bands of finished output rows (float32).
+
+    `read_band(y0, h)` returns the normalized LR rows [y0, y0+h) as (n_frames, h, nx).
+    `tile`: LR tile side (None: the whole frame as one tile)."""
+    if seam not in SEAMS:
+        fail(None, f"unknown seam method '{seam}'; choose one of {', '.join(SEAMS)}")
+    ty, tx = min(tile or ny, ny), min(tile or nx, nx)
+    ys, xs = tile_starts(ny, ty, overlap), tile_starts(nx, tx, overlap)
+    wys = [axis_weights(ys, ty, i, scale, seam) for i in range(len(ys))]
+    wxs = [axis_weights(xs, tx, j, scale, seam) for j in range(len(xs))]
+    W = nx * scale
+    wx_sum = np.zeros(W, np.float32)
+    for x0, wx in zip(xs, wxs):
+        wx_sum[x0 * scale:(x0 + tx) * scale] += wx
+    wy_sum = np.zeros(ny * scale, np.float32)
+    for y0, wy in zip(ys, wys):
+        wy_sum[y0 * scale:(y0 + ty) * scale] += wy
+    blur = seam == "blur"
+    seams_y = _seams(ys, ty, scale) if blur else []
+    seams_x = _seams(xs, tx, scale) if blur else []
+    batch = getattr(predict, "batch_size", len(xs))
+    # Output rows [base, base + len(buf)); one tile row plus the seam context is all it ever holds.
+    buf = np.zeros((ty * scale + _SEAM_CONTEXT + 1, W), np.float32)
+    base = finished = 0  # rows below `finished` are normalized (divided by the weight sums)
+    for i, y0 in enumerate(ys):
+        band = read_band(y0, ty)
+        oy0, oy1 = y0 * scale, (y0 + ty) * scale
+        rows = buf[oy0 - base:oy1 - base]
+        for j in range(0, len(xs), batch):
+            preds = predict(np.stack([band[:, :, x0:x0 + tx] for x0 in xs[j:j + batch]]))
+            for x0, wx, p in zip(xs[j:j + batch], wxs[j:j + batch], preds):
+                p *= wys[i][:, None]
+                p *= wx[None, :]
+                rows[:, x0 * scale:(x0 + tx) * scale] += p
+        final = ys[i + 1] * scale if i + 1 < len(ys) else ny * scale
+        done = buf[finished - base:final - base]
+        done /= wy_sum[finished:final, None]  # two in-place divisions: no band-sized temporary
+        done /= wx_sum[None, :]
+        finished = final
+        while seams_y and seams_y[0] + _SEAM_CONTEXT <= final:
+            _blur_band(buf, seams_y.pop(0) - base, axis=0)
+        upto = min(final, seams_y[0] - _SEAM_CONTEXT) if seams_y else final
+        if upto > base:
+            n = upto - base
+            for cx in seams_x:
+                _blur_band(buf[:n], cx, axis=1)
+            yield buf[:n].copy()
+            rest = buf[n:oy1 - base].copy()  # unfinished rows (an overlap's worth) move to the top
+            buf[:] = 0
+            buf[:len(rest)] = rest
+            base = upto
+
+
+# --------------------------------------------------------------------------- files
+
+def to_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
+    """[0, 1] prediction to the output dtype (integers clipped and rounded)."""
+    if dtype == "float32":
+        return np.asarray(x, np.float32)
+    top = np.iinfo(dtype).max
+    return np.clip(np.round(x * top), 0, top).astype(dtype)
+
+
+def _strips(bands: Iterator[np.ndarray], rows: int, dtype: str) -> Iterator[bytes]:
+    """Re-cut bands of any height into strips of exactly `rows` rows (the last one shorter),
+    slicing each band in place: only the rows left over between bands are copied."""
+    left: Optional[np.ndarray] = None
+    for b in bands:
+        b = to_dtype(b, dtype)
+        i = 0
+        if left is not None:
+            i = rows - len(left)
+            if len(b) < i:
+                left = np.concatenate([left, b])
+                continue
+            yield np.concatenate([left, b[:i]]).tobytes()
+            left = None
+        while i + rows <= len(b):
+            yield b[i:i + rows].tobytes()
+            i += rows
+        if i < len(b):
+            left = b[i:].copy()
+        b = None  # let the band go before the producer makes the next one
+    if left is not None:
+        yield left.tobytes()
+
+
+def write_tif_stream(dest: Path, pages: Iterator[Iterator[np.ndarray]], shape: Tuple[int, ...], axes: str,
+                     dtype: str = "float32", pixel_size: Optional[float] = None, strip_rows: int = 64) -> Path:
+    """Write an ImageJ hyperstack page by page, band by band, then rename it into place.
+
+    `pages` yields one iterator of row bands per YX page, in `axes` order; nothing
+    larger than a band is ever held, and an interrupted run leaves no file at `dest`."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    imagej = nbytes < 2 ** 32 - 2 ** 25  # ImageJ hyperstacks are classic TIFF; bigger ones go BigTIFF
+    rows = min(strip_rows, shape[-2])
+    data = (s for page in pages for s in _strips(page, rows, dtype))
+    kw = dict(resolution=(1 / pixel_size, 1 / pixel_size)) if pixel_size else {}
+    meta = {"axes": axes, **({"unit": "um"} if pixel_size else {})}
+    with atomic_path(dest) as tmp:
+        tifffile.imwrite(tmp, data=data, shape=shape, dtype=dtype, rowsperstrip=rows, imagej=imagej,
+                         bigtiff=not imagej, metadata=meta if imagej else {"axes": axes}, **kw)
+    return Path(dest)
+
+
+def plan_frames(src: Source, n_frames: int, lr_type: str = "s", channel: Optional[int] = None,
+                drop_edges: bool = False) -> Tuple[List[Tuple[int, int, int, List[Tuple[int, int, int]]]], Dict[str, int]]:
+    """Output frames (t, z, c, input frames) in ImageJ TZC order, and the output axis lengths.
+
+    Multi-frame models slide along time ('t') or depth ('z'); raises PSSRError
+    when the file cannot feed the model (channel missing, too few frames)."""
+    if channel is not None and not 0 <= channel < src.nc:
+        fail(src.path, f"has {src.nc} channel(s); channel {channel} does not exist")
+    chans = [channel] if channel is not None else list(range(src.nc))
+    axis = "z" if lr_type == "z" else "t"
+    n_slide = src.nz if axis == "z" else src.nt
+    n_other = src.nt if axis == "z" else src.nz
+    if n_frames > 1 and n_slide == 1 and n_other > 1:
+        other = "time points" if axis == "z" else "z-slices"
+        fail(src.path, f"the model needs {n_frames} frames along {'z' if axis == 'z' else 'time'} but the file has "
+                       f"1 there and {n_other} {other}")
+    if n_frames > 1 and drop_edges and n_slide < n_frames:
+        fail(src.path, f"{n_slide} frame(s) along {axis}: fewer than the model's {n_frames} (--drop_edges)")
+    wins = frame_windows(n_slide, n_frames, drop_edges) if n_frames > 1 else [(i, [i]) for i in range(n_slide)]
+    n_out = {"T": src.nt, "Z": src.nz, "C": len(chans)}
+    n_out["Z" if axis == "z" else "T"] = len(wins)
+    plan = []
+    for it in range(n_out["T"]):
+        for iz in range(n_out["Z"]):
+            for ic, c in enumerate(chans):
+                ins = wins[iz if axis == "z" else it][1]
+                if axis == "z":
+                    frames = [(c, s, it) for s in ins]
+                else:
+                    frames = [(c, iz, s) for s in ins]
+                plan.append((it, iz, ic, frames))
+    return plan, n_out
+
+
+def restore_file(src: Source, dest: Path, predict: Callable, scale: int, n_frames: int = 1, lr_type: str = "s",
+                 norm: Tuple[float, float] = (PCT_LO, PCT_HI), channel: Optional[int] = None,
+                 drop_edges: bool = False, tile: Optional[int] = None, overlap: int = 16, seam: str = "cosine",
+                 dtype: str = "float32", progress: Optional[Callable] = None) -> Tuple[int, ...]:
+    """Restore every frame of `src` into the ImageJ TIFF `dest`; returns the output shape.
+
+    Each input frame is normalized with its own `norm` percentiles (as the training
+    tiles were); the pixel size is divided by `scale`."""
+    if dtype not in OUT_DTYPES:
+        fail(None, f"unknown output dtype '{dtype}'; choose one of {', '.join(OUT_DTYPES)}")
+    plan, n_out = plan_frames(src, n_frames, lr_type, channel, drop_edges)
+    stats: Dict[Tuple[int, int, int], Tuple[float, float]] = {}
+
+    def stat(f):
+        if f not in stats:
+            stats[f] = frame_percentiles(src, *f, pcts=norm)
+        return stats[f]
+
+    def page(frames):
+        def read_band(y0, h):
+            return np.stack([normalize(src.read(*f, box=(y0, 0, h, src.nx)), *stat(f)) for f in frames])
+        return restore_frame(read_band, src.ny, src.nx, predict, scale, tile, overlap, seam)
+
+    lead = [(a, n_out[a]) for a in "TZC" if n_out[a] > 1]
+    axes = "".join(a for a, _ in lead) + "YX"
+    shape = tuple(n for _, n in lead) + (src.ny * scale, src.nx * scale)
+    items = progress(plan) if progress else plan
+    pages = (page(frames) for *_, frames in items)
+    px = src.pixel_size / scale if src.pixel_size else None
+    write_tif_stream(dest, pages, shape, axes, dtype, px)
+    return shape
