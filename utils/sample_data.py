@@ -59,7 +59,7 @@ def em_frame(size: int, rng: np.random.Generator, objects: Optional[dict] = None
     `objects` and `z` let consecutive slices of a z-stack share structures that drift."""
     obj = objects if objects is not None else _em_objects(rng, size)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    img = 0.62 + 0.05 * _smooth_noise((size, size), 40, rng) + 0.04 * _smooth_noise((size, size), 1.2, rng)
+    img = 0.62 + 0.05 * _smooth_noise((size, size), 40, rng) + 0.015 * _smooth_noise((size, size), 1.2, rng)
     # Cell membranes: Voronoi boundaries, where the two nearest cell centres are equidistant.
     d, _ = cKDTree(obj["cells"] + z * obj["cell_drift"]).query(np.column_stack([yy.ravel(), xx.ravel()]), k=2)
     gap = (d[:, 1] - d[:, 0]).reshape(size, size)
@@ -75,7 +75,7 @@ def em_frame(size: int, rng: np.random.Generator, objects: Optional[dict] = None
     for y, x, rad in obj["ves"]:  # vesicles: light lumen, dark membrane ring
         r = np.hypot(yy - y, xx - x + z)
         img += 0.1 * (r < rad - 1) - 0.3 * np.exp(-((r - rad) / 1.1) ** 2)
-    img = ndimage.gaussian_filter(img, 0.7) + 0.03 * rng.standard_normal((size, size))
+    img = ndimage.gaussian_filter(img, 0.7) + 0.01 * rng.standard_normal((size, size))
     return np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
 
 
