@@ -5,7 +5,7 @@ folder named `live` means unlabelled TIFF stack pages are time points, otherwise
 
 Memory is bounded by `MAX_PCT_PIXELS`, not the file: a frame is read whole only when it
 is at most that many pixels; a bigger frame is read as a regular grid subsample (every
-k-th pixel in y and x, `norm.subsample_step`), and all its statistics (mean, sd,
+k-th pixel in y and x, `Source.sample`), and all its statistics (mean, sd,
 percentiles, max) come from that subsample. File-wide `all_mi`/`all_ma` are percentiles
 of the frames' subsamples pooled after a further thinning that keeps the pool under
 `MAX_PCT_PIXELS`; `all_rmax` is the largest (subsampled) frame maximum.
@@ -20,7 +20,7 @@ from fastprogress.fastprogress import progress_bar
 
 from .errors import PSSRError, fail, warn_skip
 from .fileio import atomic_path
-from .norm import MAX_PCT_PIXELS, PCT_HI, PCT_LO, subsample_step
+from .norm import MAX_PCT_PIXELS, PCT_HI, PCT_LO
 from .sources import Source, open_source
 
 __all__ = ["INFO_COLS", "SPLITS", "source_dirs", "frame_rows", "file_rows", "build_info", "write_info"]
@@ -67,11 +67,6 @@ def _channels(src: Source, channel: Union[int, str, Sequence[int]]) -> List[int]
     return [int(c) for c in chans]
 
 
-def _frame_sample(src: Source, c: int, z: int, t: int, max_pixels: int) -> np.ndarray:
-    """The whole frame, or a regular-grid subsample of it when it exceeds `max_pixels`."""
-    return src.read(c, z, t, step=subsample_step(src.ny, src.nx, max_pixels))
-
-
 def frame_rows(src: Source, category: str, dsplit: str,
                channel: Union[int, str, Sequence[int]] = 0, max_pixels: int = MAX_PCT_PIXELS) -> Iterator[dict]:
     """Rows for every (c, z, t) frame of an open source, with file-wide statistics filled in."""
@@ -82,7 +77,7 @@ def frame_rows(src: Source, category: str, dsplit: str,
     for c in _channels(src, channel):
         for z in range(src.nz):
             for t in range(src.nt):
-                x = _frame_sample(src, c, z, t, max_pixels)
+                x = src.sample(c, z, t, max_pixels)
                 mi, ma = np.percentile(x, (PCT_LO, PCT_HI))
                 pooled.append(x[::thin, ::thin].ravel())
                 rows.append(dict(category=category, dsplit=dsplit, multi=int(src.nz * src.nt > 1), ftype=src.ftype,

@@ -21,7 +21,7 @@ from torch import nn
 
 from .errors import fail
 from .fileio import atomic_path
-from .norm import PCT_HI, PCT_LO, MAX_PCT_PIXELS, normalize, subsample_step
+from .norm import PCT_HI, PCT_LO, MAX_PCT_PIXELS, normalize
 from .sources import Source
 
 __all__ = ["SEAMS", "SEAM_BAND", "SEAM_SIGMA", "OUT_DTYPES", "reflect_index", "frame_windows", "tile_starts",
@@ -179,10 +179,8 @@ class Predictor:
 
 def frame_percentiles(src: Source, c: int, z: int, t: int, pcts: Sequence[float] = (PCT_LO, PCT_HI),
                       max_pixels: int = MAX_PCT_PIXELS) -> Tuple[float, float]:
-    """Per-frame normalization percentiles from the same regular-grid subsample as utils.norm,
-    read with a step so only the sampled rows of a huge frame are touched."""
-    k = subsample_step(src.ny, src.nx, max_pixels)
-    lo, hi = np.percentile(src.read(c, z, t, step=k), pcts)
+    """Per-frame normalization percentiles from the same frame sample as step 1 (`Source.sample`)."""
+    lo, hi = np.percentile(src.sample(c, z, t, max_pixels), pcts)
     return float(lo), float(hi)
 
 

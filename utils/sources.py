@@ -19,6 +19,7 @@ import numpy as np
 import tifffile
 
 from .errors import PSSRError, fail
+from .norm import MAX_PCT_PIXELS, subsample_step
 
 __all__ = ["Source", "open_source", "SUFFIXES", "find_images", "Box"]
 
@@ -80,6 +81,11 @@ class Source:
             raise
         except Exception as e:  # truncated strips, bad compression: name the file, one line
             fail(self.path, f"cannot read frame c={c} z={z} t={t}: {type(e).__name__}: {e}")
+
+    def sample(self, c: int = 0, z: int = 0, t: int = 0, max_pixels: int = MAX_PCT_PIXELS) -> np.ndarray:
+        """The whole frame, or a regular-grid subsample of at most `max_pixels` when it is larger:
+        frame statistics (percentiles, mean) without paging in a 24576² frame."""
+        return self.read(c, z, t, step=subsample_step(self.ny, self.nx, max_pixels))
 
     def close(self) -> None:
         if self._reader is not None:
