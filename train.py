@@ -6,8 +6,12 @@
 Writes `{model_dir}/{lr_type}_{n_frames}_{save_name}_e{epochs}` (.pth/.json/.pkl) and, per round, the best
 epoch as `..._best_{size}`; prints validation PSNR/SSIM next to the bilinear baseline of the same LR tiles.
 Multi-GPU: `accelerate launch train.py ...` (batch size is per GPU, as in the original).
+
+`--crap_func NAME` crappifies on the fly: the data set's HR tiles are augmented and then crappified afresh
+at every epoch (utils/onthefly.py), with the noise level drawn per tile from `--crap_strength lo,hi`.
 """
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -17,11 +21,15 @@ import torch.nn.functional as F
 from fastai.learner import Learner
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
 
-from utils.data import MAX_ROTATE, MAX_ZOOM, find_dataset, make_dls
+from utils.crappifiers import check_crappifier, parse_strength
+from utils.data import MAX_ROTATE, MAX_ZOOM, find_dataset, find_hr_tiles, make_dls
 from utils.errors import fail, run_cli
-from utils.model import ARCHS, build_model, find_weights, model_exists, model_paths, read_meta, save_model
+from utils.model import (ARCHS, bottleneck_size, build_model, find_weights, load_safe, model_exists, model_paths,
+                         read_meta, save_model)
+from utils.onthefly import SetDrawEpoch, make_fly_dls
 from utils.training import (CPUFastPath, add_precision, bilinear_baseline, ckpt_path, export_learner, fit_rounds,
-                            plan_of, read_ckpt, read_schedule, single_round, sr_metrics, unet_splitter, unwrap)
+                            plain_opt_state, plan_of, read_ckpt, read_schedule, single_round, sr_metrics,
+                            unet_splitter, unwrap)
 
 WD = 1e-3  # the original's weight decay
 
@@ -57,9 +65,13 @@ def load_start(model: torch.nn.Module, load_name: str, model_dir: Path, meta: di
         if saved[k] != meta[k]:
             fail(model_paths(load_name, model_dir)["json"], f"--load_name model has {k}={saved[k]}, "
                                                              f"this run {k}={meta[k]}")
-    model.load_state_dict(torch.load(model_paths(load_name, model_dir)["pth"], weights_only=True))
+    pth = model_paths(load_name, model_dir)["pth"]
+    try:
+        model.load_state_dict(load_safe(pth, "model weights"))
+    except RuntimeError as e:
+        fail(pth, f"weights do not fit the network its .json describes ({str(e).splitlines()[0][:100]})")
     opt_file = model_paths(load_name, model_dir)["opt"]
-    opt_state = torch.load(opt_file, weights_only=False) if opt_file.exists() else None
+    opt_state = load_safe(opt_file, "optimizer state") if opt_file.exists() else None
     print(f"loaded {load_name}" + (" (with optimizer state)" if opt_state else ""))
     return opt_state
 
@@ -72,9 +84,14 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
          l1_loss: bool = False, lr_space: bool = False, residual: bool = True, data_path: str = "datasets",
          model_dir: str = "models", schedule: Optional[str] = None, seed: int = 0, device: Optional[str] = None,
          workers: int = 0, fp32: bool = False, resume: bool = False, force: bool = False,
-         max_rotate: float = MAX_ROTATE, max_zoom: float = MAX_ZOOM) -> None:
+         max_rotate: Optional[float] = None, max_zoom: Optional[float] = None, crap_func: Optional[str] = None,
+         crap_strength="1", encoder_stride: Optional[int] = None) -> None:
     """Train; every option as the original train.py plus --schedule/--lr_space/--weights/--seed/--device/
-    --workers/--model_dir/--fp32/--resume/--force (README, Step 3)."""
+    --workers/--model_dir/--fp32/--resume/--force/--crap_func/--crap_strength (README, Step 3).
+
+    max_rotate/max_zoom: default 10 degrees / 1.1 with --crap_func (the HR is augmented before crappifying),
+    none for pre-made pairs (resampling crappified LR smooths its noise). encoder_stride: 16 for --lr_space
+    (its U-Net sees LR pixels), else the paper's 32."""
     if datasetname is None:
         fail(None, "--datasetname is required (a folder of --data_path written by tile_from_info.py)")
     if lr_type not in ("s", "t", "z"):
@@ -83,6 +100,13 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
         fail(None, f"--lr_type {lr_type} needs {'--n_frames 1' if lr_type == 's' else 'more than one frame'}")
     if arch not in ARCHS:
         fail(None, f"unknown arch '{arch}'; choose one of {', '.join(ARCHS)}")
+    if crap_func is not None:
+        check_crappifier(crap_func)
+    strength = parse_strength(crap_strength)
+    fly = crap_func is not None
+    max_rotate = (MAX_ROTATE if fly else 0.0) if max_rotate is None else float(max_rotate)
+    max_zoom = (MAX_ZOOM if fly else 1.0) if max_zoom is None else float(max_zoom)
+    encoder_stride = int(encoder_stride or (16 if lr_space else 32))
     rounds = read_schedule(schedule) if schedule else single_round(size, tile_sz, bs, cycles, lr, lr_start, freeze)
     total = sum(r.epochs for r in rounds)
     model_dir = Path(model_dir)
@@ -90,7 +114,8 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     check_names([final] + [f"{final}_best_{r.size}" for r in rounds], model_dir, load_name, resume, force, final)
 
     # Every data set and weights file is checked before anything is written.
-    specs = {(r.tile_sz, r.size): find_dataset(Path(data_path), datasetname, lr_type, r.tile_sz, n_frames, r.size)
+    find = find_hr_tiles if fly else find_dataset
+    specs = {(r.tile_sz, r.size): find(Path(data_path), datasetname, lr_type, r.tile_sz, n_frames, r.size)
              for r in rounds}
     scale = next(iter(specs.values())).scale
     if any(s.scale != scale for s in specs.values()):
@@ -103,20 +128,29 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     spec0 = next(iter(specs.values()))
     base_meta = dict(scale=scale, n_frames=n_frames, lr_type=lr_type, arch=arch, lr_space=lr_space,
                      self_attention=attn, blur=blur, blur_final=final_blur, last_cross=last_cross, bottle=bottle,
-                     weight_norm=True, residual=residual, imagenet_norm=pretrain or norm, pretrained=pretrain,
+                     weight_norm=True, residual=residual, encoder_stride=encoder_stride,
+                     imagenet_norm=pretrain or norm, pretrained=pretrain,
                      weights=str(weights_file) if weights_file else None, norm=spec0.norm,
-                     crap_func=spec0.crap_func, datasetname=datasetname, loss="l1" if l1_loss else "mse",
-                     seed=seed, schedule=plan_of(rounds))
+                     crap_func=crap_func or spec0.crap_func, crap_strength=list(strength) if fly else None,
+                     on_the_fly=fly, max_rotate=max_rotate, max_zoom=max_zoom,
+                     datasetname=datasetname, loss="l1" if l1_loss else "mse", seed=seed, schedule=plan_of(rounds))
+    check_bottleneck(base_meta, rounds)
     model = build_model(base_meta, weights_file)
     opt_state = load_start(model, load_name, model_dir, base_meta) if load_name else None
     model = model.to(dev)
     precision = []
 
     def make_learner(rnd):
-        dls = make_dls(specs[(rnd.tile_sz, rnd.size)], n_frames, rnd.size, rnd.bs * max(1, num_distrib()),
-                       workers, dev, max_rotate, max_zoom)
+        spec, bs_all = specs[(rnd.tile_sz, rnd.size)], rnd.bs * max(1, num_distrib())
+        if fly:
+            dls = make_fly_dls([hr for _, hr in spec.pairs["train"]], [hr for _, hr in spec.pairs["valid"]],
+                               n_frames, rnd.size, scale, crap_func, strength, bs_all, seed, workers, dev,
+                               max_rotate, max_zoom)
+        else:
+            dls = make_dls(spec, n_frames, rnd.size, bs_all, workers, dev, max_rotate, max_zoom)
         learn = Learner(dls, model, loss_func=F.l1_loss if l1_loss else F.mse_loss, metrics=sr_metrics(),
-                        splitter=unet_splitter, wd=WD, path=Path("."), model_dir=model_dir)
+                        splitter=unet_splitter, wd=WD, path=Path("."), model_dir=model_dir,
+                        cbs=[SetDrawEpoch()] if fly else None)
         precision.append(add_precision(learn, dev, fp32))
         if not rank_distrib():
             print(f"round: size {rnd.size}, tiles {rnd.tile_sz}, bs {rnd.bs}, {len(dls.train_ds)} train / "
@@ -127,25 +161,41 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
         return {**base_meta, "size": rnd.size, "tile_sz": rnd.tile_sz, "precision": precision[-1]}
 
     learn = fit_rounds(rounds, make_learner, final, model_dir, meta_of, ckpt, opt_state)
-    if rank_distrib():
-        return
-    last = rounds[-1]
-    best_meta = read_meta(f"{final}_best_{last.size}", model_dir)
-    save_model(unwrap(learn.model), {**meta_of(last), "epochs": total,
-                                     "best_valid_loss": best_meta["best_valid_loss"]}, final, model_dir,
-               opt_state=learn.opt.state_dict() if learn.opt else None)
-    export_learner(learn, model_paths(final, model_dir)["pkl"])
-    ckpt_path(final, model_dir).unlink(missing_ok=True)
-    report(learn, scale, final, model_dir)
+    if not rank_distrib():
+        finish(learn, {**meta_of(rounds[-1]), "epochs": total}, final, model_dir)
 
 
-def report(learn: Learner, scale: int, final: str, model_dir: Path) -> None:
-    """Validation PSNR/SSIM of the saved model next to plain bilinear upsampling of the same LR tiles."""
+def finish(learn: Learner, meta: dict, final: str, model_dir: Path) -> None:
+    """Save the final (best) model with its validation loss next to bilinear upsampling's, so a model that
+    is no better than bilinear never passes for one: `beats_bilinear` in its .json, and a warning."""
     learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, CPUFastPath)])  # evaluate in fp32
     loss, p, s = learn.validate()
-    bp, bs_ = bilinear_baseline(learn, scale)
+    b_loss, bp, bs_ = bilinear_baseline(learn, int(meta["scale"]))
+    beats = bool(loss < b_loss)
+    save_model(unwrap(learn.model), {**meta, "best_valid_loss": float(loss), "bilinear_valid_loss": b_loss,
+                                     "beats_bilinear": beats}, final, model_dir,
+               opt_state=plain_opt_state(learn.opt.state_dict()) if learn.opt else None)
+    export_learner(learn, model_paths(final, model_dir)["pkl"])
+    ckpt_path(final, model_dir).unlink(missing_ok=True)
     print(f"saved {model_dir / final}.pth/.json/.pkl")
     print(f"valid PSNR {p:.2f} dB (bilinear {bp:.2f} dB), SSIM {s:.4f} (bilinear {bs_:.4f})")
+    if not beats:
+        print(f"warning: {final} does not beat bilinear upsampling on its validation tiles (loss {loss:.5f} vs "
+              f"{b_loss:.5f}); its .json says beats_bilinear: false. Train longer, on more tiles, or check the "
+              f"crappifier against your real LR images.", file=sys.stderr)
+
+
+def check_bottleneck(meta: dict, rounds: list) -> None:
+    """Refuse a training crop whose deepest feature map collapses to 1x1: its 3x3 convs then never see a
+    neighbour and the model breaks on any larger input; warn below 4 px."""
+    side = min(bottleneck_size(meta, r.size) for r in rounds)
+    if side < 2:
+        fail(None, f"--size {min(r.size for r in rounds)} gives a {side}x{side} bottleneck (encoder stride "
+                   f"{meta['encoder_stride']}{', on the LR image' if meta['lr_space'] else ''}); use a larger --size"
+                   f"{' or --encoder_stride 16' if meta['encoder_stride'] == 32 else ''}")
+    if side < 4 and not rank_distrib():
+        print(f"warning: the training crop gives a {side}x{side} bottleneck; restore with tiles of the training "
+              f"size (image_gen.py's default) or train on larger crops", file=sys.stderr)
 
 
 if __name__ == "__main__":

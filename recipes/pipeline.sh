@@ -15,7 +15,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"   # for python -m utils.tes
 : "${PRETRAIN=--pretrain}"   # ImageNet encoder weights (torchvision's file in the torch hub cache)
 : "${ARCH:=resnet34}"
 : "${TEST_SPLIT:=}"           # only test images inside a folder of this name (e.g. valid); empty: all
-: "${INFER=--use_tiles --tile_sz 256 --overlap 16}"
+: "${INFER=}"                  # image_gen options; default: tiles of the model's training size
 : "${TRAIN_EXTRA=}"
 
 INFO="$OUT/$NAME.csv"

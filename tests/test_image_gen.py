@@ -98,3 +98,13 @@ def test_cli_error_is_one_line_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "image_gen.py", tmp_path / "missing", tmp_path / "out", "--baselines"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "missing: SRC_DIR is not a folder" in r.stderr
+
+
+@pytest.mark.parametrize("opts, tile, overlap", [({}, 32, 8), ({"whole": True}, None, 16),
+                                                 ({"tile_sz": 48}, 48, 12), ({"use_tiles": False}, None, 16)])
+def test_default_tiles_are_the_models_training_crop(models, src, tmp_path, monkeypatch, opts, tile, overlap):
+    """The toy model was trained (its .json says) on 128-px HR crops: 32-px LR tiles by default."""
+    seen = []
+    monkeypatch.setattr(image_gen, "restore_file", lambda *a, **k: seen.append(a[9:11]))
+    image_gen.main(str(src), str(tmp_path / "out"), models="toy", model_dir=str(models), **opts)
+    assert seen and all(s == (tile, overlap) for s in seen)

@@ -200,3 +200,30 @@ def test_tiled_memory_bounded_by_tile_row(tmp_path):
     assert mm.shape == (4 * ny, 4 * nx) and mm.dtype == np.float32
     for y, x in [(0, 0), (5003, 7001), (4 * ny - 1, 4 * nx - 1)]:
         assert abs(float(mm[y, x]) - (float(img[y // 4, x // 4]) - lo) / (hi - lo)) < 0.02
+
+
+def test_multiframe_window_is_normalized_as_its_training_stack(tmp_path):
+    """A bleaching time-lapse: the 5-frame window the network sees at inference holds the values of the
+    training stack step 2 cut from the same place (all frames on the centre frame's percentiles), not
+    five separately normalized frames."""
+    from utils.info import build_info, write_info
+    from utils.tiling import make_dataset
+    movie = np.stack([smooth_image((64, 64), seed=t) // (1 + t) + 5 for t in range(7)]).astype(np.uint16)
+    write_stack(tmp_path / "src" / "live" / "train" / "m.tif", movie, "TYX")
+    write_stack(tmp_path / "src" / "live" / "valid" / "m.tif", movie, "TYX")
+    info = write_info(build_info([tmp_path / "src"]), tmp_path / "m.csv")
+    make_dataset(tmp_path / "ds", info, [32], 3, 1, crap_func=None, n_frames=5, lr_type="t", seed=0)
+    tiles = __import__("pandas").read_csv(tmp_path / "ds" / "t_5_m_hr" / "tiles_t_5.csv")
+    seen = {}
+
+    def spy(batch):
+        seen.setdefault("windows", []).append(batch[0].copy())
+        return np.zeros((len(batch), batch.shape[-2] * 4, batch.shape[-1] * 4), np.float32)
+
+    with open_source(tmp_path / "src" / "live" / "train" / "m.tif", live=True) as src:
+        restore_file(src, tmp_path / "out.tif", spy, 4, 5, "t")
+    for _, r in tiles[tiles.dsplit == "train"].iterrows():
+        stack = np.load(next((tmp_path / "ds" / "t_5_m_hr").rglob(f"{int(r.id):06d}_*.npy")))
+        window = seen["windows"][int(r.t)][:, r.y0:r.y0 + 32, r.x0:r.x0 + 32]
+        assert np.abs(window - stack / np.float32(255)).max() <= 0.5 / 255 + 1e-6
+        assert window[0].mean() > 1.5 * window[4].mean()  # the bleaching survives normalization

@@ -147,7 +147,7 @@ def test_interrupted_run_leaves_no_half_tile_and_refuses_rerun(sample_info, tmp_
     assert not list(root.rglob("*.tmp")) and not (root / "dataset.json").exists()
     assert len(list(root.rglob("*.npy"))) == 2
     monkeypatch.undo()
-    with pytest.raises(PSSRError, match="exists already; pass --clean"):
+    with pytest.raises(PSSRError, match="incomplete data set.*--clean"):
         make_dataset(*args, **kw)
     make_dataset(*args, **kw, clean=True)
     assert len(list(root.rglob("*.npy"))) == 5 and (root / "dataset.json").exists()

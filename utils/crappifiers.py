@@ -1,24 +1,27 @@
 """Crappifiers: turn a clean high-resolution tile into a plausible fast, low-dose, undersampled scan.
 
-Each crappifier is a pure function `f(img, scale, rng) -> lr` of a float32 2D image in
-[0, 1], returning float32 in [0, 1] of shape (h // scale, w // scale). Randomness comes
-only from `rng`, so a tile's seed fixes its low-resolution version. Adding one for a new
-lab data set = one function decorated with `@crappifier("name")`.
+Each crappifier is a pure function `f(img, scale, rng, strength=1.0) -> lr` of a float32
+2D image in [0, 1], returning float32 in [0, 1] of shape (h // scale, w // scale).
+Randomness comes only from `rng`, so a tile's seed fixes its low-resolution version.
+`strength` scales the noise's standard deviation (1 = the paper's level): real LR noise
+varies between sessions and is unknown, so training can draw it per tile from a range
+(`draw_strength`). Adding one for a new lab data set = one function decorated with
+`@crappifier("name")`.
 
 Names follow the original PSSR command lines (`--crap_func new_crap_AG_SP` etc.).
 """
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
 
 import numpy as np
 from skimage import filters
 from skimage.transform import resize
 from skimage.util import random_noise
 
-from .errors import fail
+from .errors import PSSRError, fail
 
-__all__ = ["CRAPPIFIERS", "crappifier", "crappify", "downsample"]
+__all__ = ["CRAPPIFIERS", "crappifier", "crappify", "downsample", "parse_strength", "draw_strength"]
 
-Crappifier = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
+Crappifier = Callable[..., np.ndarray]
 CRAPPIFIERS: Dict[str, Crappifier] = {}
 
 
@@ -31,11 +34,45 @@ def crappifier(*names: str) -> Callable[[Crappifier], Crappifier]:
     return register
 
 
-def crappify(name: str, img: np.ndarray, scale: int, rng: np.random.Generator) -> np.ndarray:
-    """Apply the crappifier registered as `name`; unknown names list the known ones."""
+def check_crappifier(name: str) -> None:
     if name not in CRAPPIFIERS:
         fail(None, f"unknown crappifier '{name}'; known: {', '.join(sorted(CRAPPIFIERS))}")
-    return CRAPPIFIERS[name](np.asarray(img, np.float32), scale, rng)
+
+
+def crappify(name: str, img: np.ndarray, scale: int, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+    """Apply the crappifier registered as `name` at noise `strength`; unknown names list the known ones."""
+    check_crappifier(name)
+    img = np.asarray(img, np.float32)
+    if strength == 1.0:  # crappifiers registered without a strength parameter keep working
+        return CRAPPIFIERS[name](img, scale, rng)
+    try:
+        return CRAPPIFIERS[name](img, scale, rng, strength)
+    except TypeError as e:
+        raise PSSRError(f"crappifier '{name}' takes no strength parameter, so --crap_strength cannot vary it "
+                        f"({e})") from None
+
+
+def parse_strength(value) -> Tuple[float, float]:
+    """`--crap_strength`: one level (`1`) or a range (`0.25,1.5`, a list from fire) of the paper's noise."""
+    try:
+        parts = [float(v) for v in (str(value).strip("[]()").split(",") if not isinstance(value, (list, tuple))
+                                    else value)]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or not 0 <= parts[0] <= parts[1]:
+        fail(None, f"--crap_strength {value}: give one level or 'lo,hi' with 0 <= lo <= hi (1 = the paper's noise)")
+    return parts[0], parts[1]
+
+
+def draw_strength(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """Log-uniform in [lo, hi] (noise levels span orders of magnitude); uniform when lo is 0."""
+    if lo == hi:
+        return lo
+    if lo == 0:
+        return float(rng.uniform(0, hi))
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
 
 def downsample(img: np.ndarray, scale: int) -> np.ndarray:
@@ -49,32 +86,38 @@ def downsample(img: np.ndarray, scale: int) -> np.ndarray:
     return np.clip(out, 0, 1).astype(np.float32)
 
 
+def _salt_pepper(img: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+    return random_noise(img, mode="s&p", amount=amount, rng=rng) if amount > 0 else img
+
+
 def _local_gaussian(img: np.ndarray, sigma: float, gain: float, rng: np.random.Generator) -> np.ndarray:
     """Additive Gaussian noise whose variance follows the blurred local brightness.
 
     Shot-noise-like: brighter regions of a short-dwell scan are noisier in absolute terms."""
+    if gain == 0:
+        return img
     lvar = filters.gaussian(img, sigma=sigma) + 1e-10
     return random_noise(img, mode="localvar", local_vars=lvar * gain, rng=rng)
 
 
 @crappifier("no_crap")
-def no_crap(img: np.ndarray, scale: int, rng: np.random.Generator) -> np.ndarray:
+def no_crap(img: np.ndarray, scale: int, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
     """Downsampling only: the network learns pure upsampling."""
     return downsample(img, scale)
 
 
 @crappifier("em_AG_D_sameas_preprint")
-def em_ag_d(img: np.ndarray, scale: int, rng: np.random.Generator) -> np.ndarray:
+def em_ag_d(img: np.ndarray, scale: int, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
     """The paper's EM crappifier: additive Gaussian noise, then order-1 spline downsampling.
 
     Noise parameters (local variance 0.05 x brightness blurred with sigma 3) are the
     original's. The original returned a (down, up) tuple the tiler could not save; this
     returns the downsampled image only (the tiler upsamples with --upsample)."""
-    return downsample(_local_gaussian(img, sigma=3, gain=0.05, rng=rng), scale)
+    return downsample(_local_gaussian(img, sigma=3, gain=0.05 * strength ** 2, rng=rng), scale)
 
 
 @crappifier("new_crap_AG_SP")
-def fluo_sp_ag_d(img: np.ndarray, scale: int, rng: np.random.Generator) -> np.ndarray:
+def fluo_sp_ag_d(img: np.ndarray, scale: int, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
     """The paper's fluorescence crappifier: salt-and-pepper on 0.5% of pixels, then additive
     Gaussian noise, then order-1 spline downsampling.
 
@@ -83,17 +126,19 @@ def fluo_sp_ag_d(img: np.ndarray, scale: int, rng: np.random.Generator) -> np.nd
     `new_crap_AG_SP_original`. Gaussian parameters (0.5 x brightness blurred with sigma 5)
     are the original's. The original's rescale-by-max step is dropped: salt pins the max at
     1, so it did nothing."""
-    x = random_noise(img, mode="s&p", amount=0.005, rng=rng)
-    return downsample(_local_gaussian(x, sigma=5, gain=0.5, rng=rng), scale)
+    x = _salt_pepper(img, 0.005 * strength, rng)
+    return downsample(_local_gaussian(x, sigma=5, gain=0.5 * strength ** 2, rng=rng), scale)
 
 
 @crappifier("new_crap_AG_SP_original")
-def fluo_ag_sp_d_original(img: np.ndarray, scale: int, rng: np.random.Generator) -> np.ndarray:
+def fluo_ag_sp_d_original(img: np.ndarray, scale: int, rng: np.random.Generator,
+                          strength: float = 1.0) -> np.ndarray:
     """The original code's `new_crap_AG_SP`: Gaussian noise first, then salt (0.5%) and pepper
     (0.5%) separately, then downsampling. Kept so old data sets can be regenerated."""
-    x = _local_gaussian(img, sigma=5, gain=0.5, rng=rng)
-    x = random_noise(x, mode="salt", amount=0.005, rng=rng)
-    x = random_noise(x, mode="pepper", amount=0.005, rng=rng)
+    x = _local_gaussian(img, sigma=5, gain=0.5 * strength ** 2, rng=rng)
+    if strength > 0:
+        x = random_noise(x, mode="salt", amount=0.005 * strength, rng=rng)
+        x = random_noise(x, mode="pepper", amount=0.005 * strength, rng=rng)
     return downsample(x, scale)
 
 
@@ -102,11 +147,14 @@ POISSON_PEAK = 256
 
 
 @crappifier("poisson", "em_P_D_001")
-def poisson_d(img: np.ndarray, scale: int, rng: np.random.Generator) -> np.ndarray:
+def poisson_d(img: np.ndarray, scale: int, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
     """Poisson (shot) noise at `POISSON_PEAK` photons for white, then order-1 spline downsampling.
 
     The peak is explicit because skimage infers it from the number of distinct values, which
     for float tiles would make the noise vanish. The original `em_P_D_001` passed a fixed
     seed=1, giving every tile the same noise draw; here the tile's own generator is used."""
-    x = rng.poisson(np.clip(img, 0, 1) * POISSON_PEAK) / POISSON_PEAK
+    if strength == 0:
+        return downsample(img, scale)
+    peak = POISSON_PEAK / strength ** 2  # noise std scales with 1/sqrt(peak)
+    x = rng.poisson(np.clip(img, 0, 1) * peak) / peak
     return downsample(np.clip(x, 0, 1), scale)

@@ -20,12 +20,15 @@ from fasttransform import ItemTransform
 from .errors import PSSRError, fail
 from .norm import PCT_HI, PCT_LO
 
-__all__ = ["DataSpec", "find_dataset", "read_lr", "read_hr", "PairedAugment", "CentreCrop", "make_dls",
-           "MAX_ROTATE", "MAX_ZOOM"]
+__all__ = ["DataSpec", "find_dataset", "find_hr_tiles", "hr_dir_name", "read_lr", "read_hr", "PairedAugment",
+           "CentreCrop", "make_dls", "MAX_ROTATE", "MAX_ZOOM"]
 
 # The original's get_xy_transforms default rotation. Its train.py passes max_zoom=4, which magnifies the
-# crop up to 4x and so changes the pixel size the network learns; the paper only says "random zoom",
-# so we keep the mild 1.1 of the original get_data default.
+# crop up to 4x and so changes the pixel size the network learns; the paper only says "random zoom"
+# (Methods, Data Augmentation), so we keep the mild 1.1 of the original get_data default. They apply
+# where the HR is augmented before crappifying (train.py --crap_func); pre-made pairs default to flips and
+# whole-pixel crops, because rotating/zooming a crappified LR tile resamples its noise into something
+# smoother than any real scan (measured on real EM: validation PSNR fell from 18.58 to 18.44 dB with it).
 MAX_ROTATE, MAX_ZOOM = 10.0, 1.1
 
 
@@ -106,30 +109,72 @@ def read_hr(path: Path) -> np.ndarray:
 
 def lr_shape(path: Path) -> tuple:
     """Shape without reading pixels (npy header / tiff page), so checking thousands of tiles stays cheap."""
-    if path.suffix == ".npy":
-        return np.load(path, mmap_mode="r").shape
-    with tifffile.TiffFile(path) as t:
-        return t.series[0].shape
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, mmap_mode="r").shape
+        with tifffile.TiffFile(path) as t:
+            return t.series[0].shape
+    except Exception as e:
+        raise PSSRError(f"{path}: unreadable tile ({type(e).__name__}: {str(e)[:80]})") from None
 
 
 def check_pairs(pairs: List[Tuple[Path, Path]], n_frames: int, size: int, scale: Optional[int]) -> Tuple[int, int]:
-    """(scale, HR tile) from the tiles; n_frames must match the LR depth and tiles must hold a --size crop."""
+    """(scale, HR tile) from the tiles; every tile's header is checked (cheap), so one odd tile fails here,
+    naming itself, instead of mid-epoch in a collate traceback."""
     lr0, hr0 = pairs[0]
-    hs = lr_shape(hr0)
-    tile = hs[-1]
-    for lr, _ in pairs:
+    hs, ls = lr_shape(hr0), lr_shape(lr0)
+    sc = scale or round(hs[-1] / ls[-1])
+    want_lr = (n_frames, hs[-2] // sc, hs[-1] // sc) if n_frames > 1 else (hs[-2] // sc, hs[-1] // sc)
+    if hs[-1] != ls[-1] * sc or hs[-2] != ls[-2] * sc:
+        fail(lr0, f"LR tile {ls[-2:]} is not HR tile {hs[-2:]} / scale {sc}")
+    for lr, hr in pairs:
         s = lr_shape(lr)
         depth = s[0] if len(s) == 3 else 1
         if depth != n_frames:
             fail(lr, f"LR tile has {depth} frame(s) but --n_frames is {n_frames}")
-    ls = lr_shape(lr0)
-    sc = scale or round(hs[-1] / ls[-1])
-    if hs[-1] != ls[-1] * sc or hs[-2] != ls[-2] * sc:
-        fail(lr0, f"LR tile {ls[-2:]} is not HR tile {hs[-2:]} / scale {sc}")
+        if tuple(s) != want_lr:
+            fail(lr, f"LR tile has shape {tuple(s)}, the data set's others {want_lr}")
+        if tuple(lr_shape(hr)) != tuple(hs):
+            fail(hr, f"HR tile has shape {tuple(lr_shape(hr))}, the data set's others {tuple(hs)}")
     if min(hs[-2:]) < size:
         fail(hr0, f"tiles are {hs[-2]}x{hs[-1]} (LR {ls[-2]}x{ls[-1]}), smaller than --size {size} "
                   f"(LR {size // sc}); use a larger --tile_sz data set or a smaller --size")
-    return sc, tile
+    return sc, hs[-1]
+
+
+def hr_dir_name(lr_type: str, tile_sz: int, n_frames: int) -> str:
+    """HR tiles usable for on-the-fly crappifying: `hr_` frames (one frame), `hrs_` stacks (n_frames)."""
+    return f"hr_{lr_type}_{tile_sz}" if n_frames == 1 else f"hrs_{lr_type}_{tile_sz}{multi_str(lr_type, n_frames)}"
+
+
+def find_hr_tiles(data_path: Path, datasetname: str, lr_type: str, tile_sz: int, n_frames: int,
+                  size: int) -> DataSpec:
+    """HR tiles of a data set for `train.py --crap_func` (an `--hr_only` data set, or the `hr_` tiles of a
+    paired one); `pairs` then hold (None, hr) and `scale` comes from dataset.json."""
+    root = Path(data_path) / datasetname
+    if not root.is_dir():
+        have = sorted(p.name for p in Path(data_path).iterdir() if p.is_dir()) if Path(data_path).is_dir() else []
+        fail(root, f"data set not found; data sets in {data_path}: {', '.join(have) or 'none'}")
+    info = read_info(root)
+    hr_dir = root / hr_dir_name(lr_type, tile_sz, n_frames)
+    ext = ".tif" if n_frames == 1 else ".npy"
+    pairs = {}
+    for split in ("train", "valid"):
+        files = sorted((hr_dir / split).rglob(f"*{ext}"))
+        if not files:
+            how = "" if n_frames == 1 else " (multi-frame HR stacks come from tile_from_info.py --hr_only)"
+            fail(hr_dir / split, f"no {ext} HR tiles for --tile_sz {tile_sz} --n_frames {n_frames}{how}")
+        pairs[split] = [(None, f) for f in files]
+    for _, f in pairs["train"] + pairs["valid"]:
+        shape = lr_shape(f)
+        if len(shape) != (2 if n_frames == 1 else 3) or (n_frames > 1 and shape[0] != n_frames):
+            fail(f, f"HR tile has shape {shape}; expected {n_frames} frame(s)")
+        if min(shape[-2:]) < size:
+            fail(f, f"HR tile is {shape[-2]}x{shape[-1]}, smaller than --size {size}")
+    scale = int(info.get("scale", 4))
+    if size % scale:
+        fail(None, f"--size {size} must be a multiple of the data set's scale {scale}")
+    return DataSpec(root, None, hr_dir, info, pairs, scale, tile_sz)
 
 
 def find_dataset(data_path: Path, datasetname: str, lr_type: str, tile_sz: int, n_frames: int,
@@ -253,7 +298,7 @@ class LoadHR:
 
 
 def make_dls(spec: DataSpec, n_frames: int, size: int, bs: int, workers: int = 0, device: str = "cpu",
-             max_rotate: float = MAX_ROTATE, max_zoom: float = MAX_ZOOM) -> DataLoaders:
+             max_rotate: float = 0.0, max_zoom: float = 1.0) -> DataLoaders:
     """fastai DataLoaders over the pairs (train shuffled + augmented, valid centre-cropped).
 
     Built from `Datasets` rather than plain lists so that `learn.export()` can empty and pickle them."""

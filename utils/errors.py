@@ -4,7 +4,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["PSSRError", "fail", "warn_skip", "run_cli"]
+__all__ = ["PSSRError", "fail", "warn", "warn_skip", "run_cli"]
 
 
 class PSSRError(Exception):
@@ -16,16 +16,36 @@ def fail(path: Any, problem: str) -> None:
     raise PSSRError(f"{path}: {problem}" if path is not None else problem)
 
 
+def warn(path: Any, problem: str) -> None:
+    """Something the user should know, on one line; the work goes on."""
+    print(f"warning: {path}: {problem}", file=sys.stderr)
+
+
 def warn_skip(path: Any, problem: str) -> None:
     """One bad file among many: warn on one line and let the caller skip and count it."""
     print(f"warning: skipping {path}: {problem}", file=sys.stderr)
+
+
+def bool_flags_take_no_value(component: Callable, argv: list) -> list:
+    """`--force src/fixed` must not make 'src/fixed' the value of --force (fire would, silently dropping a
+    source): a boolean option given without `=` is set to True unless the next word is true/false."""
+    import inspect
+    bools = {n for n, p in inspect.signature(component).parameters.items() if isinstance(p.default, bool)}
+    out = []
+    for i, a in enumerate(argv):
+        name = a[2:].replace("-", "_")
+        nxt = argv[i + 1].lower() if i + 1 < len(argv) else ""
+        if a.startswith("--") and "=" not in a and name in bools and nxt not in ("true", "false"):
+            a += "=True"
+        out.append(a)
+    return out
 
 
 def run_cli(component: Callable) -> None:
     """`fire.Fire(component)` with `PSSRError` turned into `error: ...` and exit status 2."""
     import fire
     try:
-        fire.Fire(component)
+        fire.Fire(component, command=bool_flags_take_no_value(component, sys.argv[1:]))
     except PSSRError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

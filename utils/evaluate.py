@@ -89,8 +89,13 @@ def find_predictions(gt_path: Path, gt_dir: Path, pred_dir: Path, label: Optiona
     return {}
 
 
-def _slice(a: np.ndarray, t: int, z: int, c: int) -> np.ndarray:
-    return np.asarray(a[t, z, c], np.float32)
+def _slice(a: np.ndarray, t: int, z: int, c: int, path: Optional[Path] = None) -> np.ndarray:
+    """One frame as float32; NaN or inf (a diverged model, a broken export) would make every metric NaN."""
+    x = np.asarray(a[t, z, c], np.float32)
+    if path is not None and not np.isfinite(x).all():
+        fail(path, f"frame t={t} z={z} c={c} holds {int((~np.isfinite(x)).sum())} NaN/inf values; "
+                   f"metrics would be meaningless")
+    return x
 
 
 def measure_file(gt_path: Path, preds: Dict[str, Path], pairs: Optional[Dict[str, Path]] = None,
@@ -119,7 +124,7 @@ def measure_file(gt_path: Path, preds: Dict[str, Path], pairs: Optional[Dict[str
     for t in range(T):
         for z in range(Z):
             for c in range(C):
-                y = _slice(gt, t, z, c)
+                y = _slice(gt, t, z, c, gt_path)
                 box = bg_box or find_background(y, max(8, min(y.shape) // 16))
                 base = dict(file=gt_path.name, t=t, z=z, c=c)
                 res_px, res_um = frc_resolution(y, _slice(second["HR"], t, z, c) if "HR" in second else None,
@@ -131,7 +136,7 @@ def measure_file(gt_path: Path, preds: Dict[str, Path], pairs: Optional[Dict[str
                     pt, pz = t - dt, z - dz
                     if not (0 <= pt < a.shape[0] and 0 <= pz < a.shape[1]):
                         continue  # dropped edge frame of an original-style multi-frame run
-                    x = _slice(a, pt, pz, c)
+                    x = _slice(a, pt, pz, c, preds[m])
                     g, xs = norm_minmse(y, x)
                     b = _slice(second[m], pt, pz, c) if m in second else None
                     res_px, res_um = frc_resolution(x, b, px) if frc else (np.nan, None)

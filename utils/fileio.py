@@ -19,6 +19,25 @@ def tmp_name(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_tmp(dest: Path) -> None:
+    """Delete `dest`'s temporaries left by killed processes (SIGKILL skips the cleanup below)."""
+    dest = Path(dest)
+    for p in dest.parent.glob(f".{dest.name}.*.tmp"):
+        pid = p.name[len(dest.name) + 2:-4]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            p.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
     """Yield a temporary path; rename it to `dest` only if the block finishes.
@@ -26,6 +45,7 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     An interrupted run then leaves no half-written file under the real name."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(dest)
     tmp = tmp_name(dest)
     try:
         yield tmp

@@ -5,6 +5,7 @@ scale, n_frames, arch, input path, U-Net flags, normalization percentiles, data 
 ends, `{name}.pkl` (fastai export). Inference needs only the first two: `load_model(name)`.
 """
 import json
+import pickle
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -22,8 +23,8 @@ from .errors import PSSRError, fail
 from .fileio import atomic_path
 from .norm import PCT_HI, PCT_LO
 
-__all__ = ["ARCHS", "DEFAULT_META", "make_meta", "PSSRNet", "build_model", "find_weights", "save_model",
-           "load_model", "model_paths", "model_exists"]
+__all__ = ["ARCHS", "DEFAULT_META", "make_meta", "PSSRNet", "build_model", "bottleneck_size", "find_weights",
+           "save_model", "load_model", "load_safe", "model_paths", "model_exists"]
 
 ARCHS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
 # ImageNet statistics averaged over RGB: a grey frame fed to the summed-RGB first conv sees the same activations
@@ -36,8 +37,8 @@ BUILD_SIZE = 64
 DEFAULT_META = dict(
     scale=4, n_frames=1, lr_type="s", tile_sz=128, size=128, arch="resnet34", lr_space=False,
     self_attention=True, blur=True, blur_final=True, last_cross=True, bottle=True, weight_norm=True,
-    residual=True, imagenet_norm=False, pretrained=False, norm={"lo": PCT_LO, "hi": PCT_HI}, crap_func=None,
-    datasetname=None, epochs=0, best_valid_loss=None,
+    residual=True, encoder_stride=32, imagenet_norm=False, pretrained=False, norm={"lo": PCT_LO, "hi": PCT_HI},
+    crap_func=None, datasetname=None, epochs=0, best_valid_loss=None,
 )
 
 
@@ -79,8 +80,19 @@ def adapt_first_conv(model: nn.Module, n_in: int) -> None:
     model.conv1 = new
 
 
-def make_encoder(arch: str, n_in: int, weights_file: Optional[Path] = None) -> nn.Module:
-    """ResNet body (no pool/fc) with an `n_in`-channel stem, optionally from an ImageNet state dict."""
+# Encoder downsampling -> create_body cut: 32 is the whole ResNet body (the paper's); 16 and 8 drop its last
+# one or two stages.
+ENCODER_CUTS = {32: -2, 16: -3, 8: -4}
+
+
+def make_encoder(arch: str, n_in: int, weights_file: Optional[Path] = None, stride: int = 32) -> nn.Module:
+    """ResNet body (no pool/fc) with an `n_in`-channel stem, optionally from an ImageNet state dict.
+
+    `stride` 16 drops the last stage: an `lr_space` U-Net works on LR pixels, 4x coarser than HR ones, and at
+    stride 32 a 32-px LR training crop reaches a 1x1 bottleneck whose 3x3 convs never see a neighbour, so the
+    model breaks on any larger input (measured: output uncorrelated with the input on a 128-px LR frame)."""
+    if stride not in ENCODER_CUTS:
+        fail(None, f"encoder stride must be one of {sorted(ENCODER_CUTS)}, not {stride}")
     if arch not in ARCHS:
         fail(None, f"unknown arch '{arch}'; choose one of {', '.join(ARCHS)}")
     model = ARCHS[arch](weights=None)
@@ -92,7 +104,7 @@ def make_encoder(arch: str, n_in: int, weights_file: Optional[Path] = None) -> n
             fail(weights_file, f"not ImageNet weights for {arch} ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
     adapt_first_conv(model, n_in)
     # The stem is adapted already, so create_body must leave it alone (n_in=3 means "no change" there).
-    return create_body(model, n_in=3, pretrained=weights_file is not None)
+    return create_body(model, n_in=3, pretrained=weights_file is not None, cut=ENCODER_CUTS[stride])
 
 
 class PSSRNet(nn.Module):
@@ -168,7 +180,7 @@ def build_model(meta: dict, weights_file: Optional[Path] = None) -> PSSRNet:
     """The network described by `meta` (see `DEFAULT_META`), with random or ImageNet encoder weights."""
     meta = make_meta(**meta)
     n_in = int(meta["n_frames"])
-    encoder = make_encoder(meta["arch"], n_in, weights_file)
+    encoder = make_encoder(meta["arch"], n_in, weights_file, int(meta["encoder_stride"]))
     # lr_space: the U-Net ends in features for the sub-pixel head instead of the image.
     n_out = 32 if meta["lr_space"] else 1
     unet = DynamicUnet(encoder, n_out, (BUILD_SIZE, BUILD_SIZE), blur=meta["blur"], blur_final=meta["blur_final"],
@@ -181,6 +193,12 @@ def build_model(meta: dict, weights_file: Optional[Path] = None) -> PSSRNet:
         zero_output(head if meta["lr_space"] else unet)
     return PSSRNet(unet, int(meta["scale"]), bool(meta["lr_space"]), bool(meta["imagenet_norm"]),
                    bool(meta["residual"]), head)
+
+
+def bottleneck_size(meta: dict, size: int) -> int:
+    """Side of the deepest encoder feature map for an HR crop of `size` (the U-Net input is LR for lr_space)."""
+    side = size // int(meta["scale"]) if meta["lr_space"] else size
+    return side // int(meta["encoder_stride"])
 
 
 def model_paths(name: str, model_dir: Path = Path("models")) -> dict:
@@ -202,7 +220,7 @@ def save_model(model: nn.Module, meta: dict, name: str, model_dir: Path = Path("
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(paths["pth"]) as tmp:
         torch.save(state, tmp)
-    if opt_state is not None:
+    if opt_state is not None:  # plain containers only (training.plain_opt_state), loadable with weights_only
         with atomic_path(paths["opt"]) as tmp:
             torch.save(opt_state, tmp)
     with atomic_path(paths["json"]) as tmp:
@@ -222,13 +240,25 @@ def read_meta(name: str, model_dir: Path = Path("models")) -> dict:
         fail(paths["json"], f"unreadable model metadata ({e})")
 
 
+def load_safe(path: Path, what: str):
+    """`torch.load` that never unpickles code: anything beyond tensors, numbers and containers is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise PSSRError(f"{path}: {what} holds Python objects beyond tensors and numbers; refusing to unpickle it "
+                        f"(a crafted file could run code)") from None
+    except Exception as e:
+        raise PSSRError(f"{path}: unreadable {what}, truncated or not written by PSSR ({type(e).__name__})") from None
+
+
 def load_model(name: str, model_dir: Path = Path("models"), device: str = "cpu") -> Tuple[PSSRNet, dict]:
     """(model in eval mode on `device`, metadata) for `{model_dir}/{name}.pth` + `.json`."""
     meta = read_meta(name, model_dir)
     model = build_model(meta)
     pth = model_paths(name, model_dir)["pth"]
+    state = load_safe(pth, "model weights")
     try:
-        model.load_state_dict(torch.load(pth, map_location="cpu", weights_only=True))
+        model.load_state_dict(state)
     except Exception as e:
         raise PSSRError(f"{pth}: weights do not match its metadata ({type(e).__name__})") from None
     return model.to(device).eval(), meta

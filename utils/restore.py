@@ -1,8 +1,9 @@
 """Inference engine: restore whole frames, z-stacks and time-lapses with bounded memory.
 
 A frame is processed one row of tiles at a time: the LR band under the tile row is
-read from the file (`Source.read` with a box), normalized with the frame's own
-percentiles (as at training time), predicted in batches of tiles, blended into an
+read from the file (`Source.read` with a box), normalized with the percentiles of
+the frame being restored (a multi-frame window's neighbours take the centre frame's,
+exactly as step 2 normalizes training stacks), predicted in batches of tiles, blended into an
 output row buffer, and finished output rows are streamed into the TIFF as strips.
 Peak memory is therefore set by the tile size and the image width, never by the
 image area (real EM frames are 24576²).
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter1d
 from torch import nn
 
-from .errors import fail
+from .errors import fail, warn
 from .fileio import atomic_path
 from .norm import PCT_HI, PCT_LO, MAX_PCT_PIXELS, normalize
 from .sources import Source
@@ -135,16 +136,29 @@ class Upsampler(nn.Module):
         return F.interpolate(x[:, c:c + 1], scale_factor=self.scale, mode=self.mode, align_corners=False)
 
 
+def _dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
+    """Symmetry k of the square (bit0 flip x, bit1 flip y, bit2 transpose) on the last two axes, or its inverse."""
+    if inverse and k & 4:
+        x = x.transpose(-1, -2)
+    if k & 1:
+        x = x.flip(-1)
+    if k & 2:
+        x = x.flip(-2)
+    return x.transpose(-1, -2) if k & 4 and not inverse else x
+
+
 class Predictor:
     """Run a model on batches of LR tiles (numpy in, numpy out).
 
     `fast`: bfloat16 autocast with channels_last on CPU (see bench/bench_infer.py
-    for when it pays). Tiles are reflect-padded to a multiple of `multiple`
-    because the U-Net's encoder halves the size five times."""
+    for when it pays). `tta`: average the predictions of the 8 flips/transposes of each
+    tile (test-time augmentation: the network's errors differ between orientations while the
+    image does not, so the mean is closer to the truth; 8x the compute). Tiles are
+    reflect-padded to a multiple of `multiple` because the U-Net's encoder halves the size."""
 
     def __init__(self, model: nn.Module, scale: int, device: str = "cpu", fast: bool = False,
-                 batch_size: int = 4, multiple: int = 32):
-        self.device, self.scale, self.fast = torch.device(device), scale, fast
+                 batch_size: int = 4, multiple: int = 32, tta: bool = False):
+        self.device, self.scale, self.fast, self.tta = torch.device(device), scale, fast, tta
         self.batch_size, self.multiple = max(1, batch_size), multiple
         self.model = model.to(self.device).eval()
         if fast:
@@ -158,20 +172,28 @@ class Predictor:
         mode = "reflect" if ph < h and pw < w else "replicate"
         return F.pad(x, (0, pw, 0, ph), mode=mode)
 
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x = self._pad(x)
+        if self.fast:
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                y = self.model(x)
+        else:
+            y = self.model(x)
+        return y[:, 0, :h * self.scale, :w * self.scale].float()
+
     @torch.inference_mode()
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         """tiles (B, n_frames, h, w) float32 in [0, 1] -> (B, h*scale, w*scale) float32."""
-        h, w = tiles.shape[-2:]
         outs = []
         for i in range(0, len(tiles), self.batch_size):
-            x = self._pad(torch.from_numpy(np.ascontiguousarray(tiles[i:i + self.batch_size])).to(self.device))
-            if self.fast:
-                x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                    y = self.model(x)
+            x = torch.from_numpy(np.ascontiguousarray(tiles[i:i + self.batch_size])).to(self.device)
+            if self.tta:
+                y = sum(_dihedral(self._run(_dihedral(x, k)), k, inverse=True) for k in range(8)) / 8
             else:
-                y = self.model(x)
-            outs.append(y[:, 0, :h * self.scale, :w * self.scale].float().cpu().numpy())
+                y = self._run(x)
+            outs.append(y.cpu().numpy())
         return np.concatenate(outs)
 
 
@@ -308,6 +330,9 @@ def plan_frames(src: Source, n_frames: int, lr_type: str = "s", channel: Optiona
         other = "time points" if axis == "z" else "z-slices"
         fail(src.path, f"the model needs {n_frames} frames along {'z' if axis == 'z' else 'time'} but the file has "
                        f"1 there and {n_other} {other}")
+    if n_frames > 1 and n_slide == 1:
+        warn(src.path, f"a single frame: the {n_frames}-frame model sees it {n_frames} times, without the "
+                       f"neighbouring frames it was trained to use")
     if n_frames > 1 and drop_edges and n_slide < n_frames:
         fail(src.path, f"{n_slide} frame(s) along {axis}: fewer than the model's {n_frames} (--drop_edges)")
     wins = frame_windows(n_slide, n_frames, drop_edges) if n_frames > 1 else [(i, [i]) for i in range(n_slide)]
@@ -332,8 +357,9 @@ def restore_file(src: Source, dest: Path, predict: Callable, scale: int, n_frame
                  dtype: str = "float32", progress: Optional[Callable] = None) -> Tuple[int, ...]:
     """Restore every frame of `src` into the ImageJ TIFF `dest`; returns the output shape.
 
-    Each input frame is normalized with its own `norm` percentiles (as the training
-    tiles were); the pixel size is divided by `scale`."""
+    Every frame of a window is normalized with the `norm` percentiles of the window's
+    centre frame, as step 2 normalizes training stacks (so bleaching or a passing bright
+    object stays visible to the network as in the raw data); the pixel size is divided by `scale`."""
     if dtype not in OUT_DTYPES:
         fail(None, f"unknown output dtype '{dtype}'; choose one of {', '.join(OUT_DTYPES)}")
     plan, n_out = plan_frames(src, n_frames, lr_type, channel, drop_edges)
@@ -345,8 +371,10 @@ def restore_file(src: Source, dest: Path, predict: Callable, scale: int, n_frame
         return stats[f]
 
     def page(frames):
+        lo_hi = stat(frames[len(frames) // 2])
+
         def read_band(y0, h):
-            return np.stack([normalize(src.read(*f, box=(y0, 0, h, src.nx)), *stat(f)) for f in frames])
+            return np.stack([normalize(src.read(*f, box=(y0, 0, h, src.nx)), *lo_hi) for f in frames])
         return restore_frame(read_band, src.ny, src.nx, predict, scale, tile, overlap, seam)
 
     lead = [(a, n_out[a]) for a in "TZC" if n_out[a] > 1]

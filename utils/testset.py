@@ -5,9 +5,10 @@
 For every image under SRC (only those inside a `--split` folder, e.g. the sample
 data's `valid`), writes OUT/gt/<relative path> (the HR image cropped to a multiple
 of the scale, so restorations and ground truth have the same size) and
-OUT/lr/<relative path> (each frame normalized to its 2/99.99 percentiles,
-crappified exactly like the training tiles, stored as uint8 like the LR tiles,
-pixel size x scale). Images are processed whole: test images are small; large
+OUT/lr/<relative path> (normalized to the 2/99.99 percentiles of the whole
+stack, so brightness changes between frames survive as they do in training
+stacks, crappified exactly like the training tiles, stored as uint8 like the LR
+tiles, pixel size x scale). Images are processed whole: test images are small; large
 real acquisitions come in LR already and need no crappifying.
 """
 from pathlib import Path
@@ -31,10 +32,13 @@ def read_stack(src: Source) -> np.ndarray:
 
 
 def make_lr_stack(hr: np.ndarray, crap_func: str, scale: int, rng: np.random.Generator) -> np.ndarray:
-    """Crappify every (Y, X) frame of `hr` after per-frame percentile normalization; uint8 out."""
-    frames = hr.reshape(-1, *hr.shape[-2:])
-    lr = [to_uint8(crappify(crap_func, normalize(f, *percentiles(f)), scale, rng)) for f in frames]
-    return np.stack(lr).reshape(*hr.shape[:-2], *lr[0].shape)
+    """Crappify every (Y, X) frame of a (T, Z, C, Y, X) `hr` after one percentile normalization per channel
+    over all its time points and slices; uint8 out."""
+    norms = [percentiles(hr[:, :, c]) for c in range(hr.shape[2])]
+    lr = np.stack([np.stack([np.stack([to_uint8(crappify(crap_func, normalize(hr[t, z, c], *norms[c]), scale, rng))
+                                       for c in range(hr.shape[2])]) for z in range(hr.shape[1])])
+                   for t in range(hr.shape[0])])
+    return lr
 
 
 def _axes(shape) -> str:

@@ -23,6 +23,11 @@ All five are normalized with the centre frame's mi/ma, so brightness changes ove
 Tiles CSV: the source row (its c, z, t are the HR frame used) plus id, tile_sz, the box
 corner y0, x0, its foreground fraction fg_frac and the HR tile's mean/sd/min/max.
 
+HR-only data sets (`crap_func=None`, `tile_from_info.py --hr_only`): no LR is written; one-frame
+HR tiles go to `hr_*` as usual and multi-frame ones to `hrs_*` as (n_frames, h, w) uint8 `.npy`
+stacks of the same box (all frames normalized with the centre frame's mi/ma), for training that
+crappifies on the fly (`train.py --crap_func`, utils/onthefly.py).
+
 Interrupted runs: every tile is written under a temporary name and renamed, and the
 tiles CSV and dataset.json are written last, so a data set without `dataset.json` is
 incomplete; rerunning refuses to touch an existing data set unless `--clean` is given.
@@ -55,13 +60,15 @@ FG_FRAC = 0.30
 MAX_TRIES = 50
 TILE_COLS = ["id", "tile_sz", "y0", "x0", "fg_frac", "after_mean", "after_sd", "after_min", "after_max"]
 REQUIRED_COLS = [c for c in INFO_COLS if c != "pixel_size"]  # the original's CSVs have no pixel size
+INT_COLS = ["nc", "nz", "nt", "c", "z", "t", "x", "y"]
+NUMERIC_COLS = INT_COLS + ["mi", "ma"]
 
 
 @dataclass(frozen=True)
 class TileConfig:
-    """Everything a worker needs besides its job."""
+    """Everything a worker needs besides its job (`crap_func` None: HR tiles only)."""
     root: str
-    crap_func: str
+    crap_func: Optional[str]
     scale: int = 4
     n_frames: int = 1
     lr_type: str = "s"
@@ -75,13 +82,16 @@ class TileConfig:
     def hr_dir(self, tile: int) -> Path:
         return Path(self.root) / f"hr_{self.lr_type}_{tile}{self.multi}"
 
+    def hrs_dir(self, tile: int) -> Path:
+        return Path(self.root) / f"hrs_{self.lr_type}_{tile}{self.multi}"
+
     def lr_dir(self, tile: int) -> Path:
         return Path(self.root) / f"lr{'up' if self.upsample else ''}_{self.lr_type}_{tile}{self.multi}"
 
 
-def dataset_root(out: Path, info: Path, crap_func: str, n_frames: int, lr_type: str) -> Path:
-    """`OUT/{lr_type}_{n_frames}_{info stem}_{crap_func}`, as the original names data sets."""
-    return Path(out) / f"{lr_type}_{n_frames}_{Path(info).stem}_{crap_func}"
+def dataset_root(out: Path, info: Path, crap_func: Optional[str], n_frames: int, lr_type: str) -> Path:
+    """`OUT/{lr_type}_{n_frames}_{info stem}_{crap_func}`, as the original names data sets (`_hr`: HR only)."""
+    return Path(out) / f"{lr_type}_{n_frames}_{Path(info).stem}_{crap_func or 'hr'}"
 
 
 def read_info(path: Path) -> pd.DataFrame:
@@ -98,6 +108,14 @@ def read_info(path: Path) -> pd.DataFrame:
         fail(path, f"info CSV is missing columns: {', '.join(missing)}")
     if df.empty:
         fail(path, "info CSV has no rows")
+    for col in NUMERIC_COLS:
+        num = pd.to_numeric(df[col], errors="coerce")
+        bad = num.isna() | ((num % 1 != 0) if col in INT_COLS else False)
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            kind = "an integer" if col in INT_COLS else "a number"
+            fail(path, f"row {i + 2}, column {col}: {df[col].iloc[i]!r} is not {kind}")
+        df[col] = num.astype(int) if col in INT_COLS else num
     if "pixel_size" not in df.columns:
         df["pixel_size"] = np.nan
     return df
@@ -188,6 +206,16 @@ def _source(job: dict) -> Source:
     return _OPEN[fn]
 
 
+def check_sources(jobs: List[dict]) -> None:
+    """Open every file the plan uses (headers only) before anything is written, so a deleted, truncated or
+    changed source fails now, naming itself, rather than after half the tiles."""
+    for job in {j["fn"]: j for j in jobs}.values():
+        _source(job)
+    for s in _OPEN.values():
+        s.close()
+    _OPEN.clear()
+
+
 def _draw_box(src: Source, job: dict, rng: np.random.Generator) -> Tuple[np.ndarray, Tuple[int, int], float]:
     """A random tile box with enough foreground; the best of MAX_TRIES when none has."""
     ts, c, z, t, mi = job["tile_sz"], int(job["c"]), int(job["z"]), int(job["t"]), float(job["mi"])
@@ -228,16 +256,20 @@ def make_tile(job: dict, cfg: TileConfig) -> dict:
     half = cfg.n_frames // 2
     frames = [hr if o == 0 else to_uint8(normalize(src.read(*_frame_index(job, cfg.lr_type, o), (y0, x0, ts, ts)), mi, ma))
               for o in range(-half, half + 1)]
-    lrs = [_lr(f.astype(np.float32) / 255, cfg, rng) for f in frames]
     name = f"{int(job['id']):06d}_{Path(job['fn']).stem}"
     rel = Path(job["dsplit"]) / job["category"]
     px = job.get("pixel_size")
     px = None if px is None or (isinstance(px, float) and math.isnan(px)) else float(px)
-    save_tif(cfg.hr_dir(ts) / rel / f"{name}.tif", hr, px)
-    if cfg.lr_type == "s":
-        save_tif(cfg.lr_dir(ts) / rel / f"{name}.tif", lrs[0], px if cfg.upsample or px is None else px * cfg.scale)
+    if cfg.crap_func is None and cfg.n_frames > 1:
+        save_npy(cfg.hrs_dir(ts) / rel / f"{name}.npy", np.stack(frames))
     else:
-        save_npy(cfg.lr_dir(ts) / rel / f"{name}.npy", np.stack(lrs))
+        save_tif(cfg.hr_dir(ts) / rel / f"{name}.tif", hr, px)
+    if cfg.crap_func is not None and cfg.lr_type == "s":
+        lr = _lr(hr.astype(np.float32) / 255, cfg, rng)
+        save_tif(cfg.lr_dir(ts) / rel / f"{name}.tif", lr, px if cfg.upsample or px is None else px * cfg.scale)
+    elif cfg.crap_func is not None:
+        save_npy(cfg.lr_dir(ts) / rel / f"{name}.npy", np.stack([_lr(f.astype(np.float32) / 255, cfg, rng)
+                                                                  for f in frames]))
     return {**job, "y0": y0, "x0": x0, "fg_frac": fg, "after_mean": float(hr.mean()), "after_sd": float(hr.std()),
             "after_min": int(hr.min()), "after_max": int(hr.max())}
 
@@ -258,14 +290,18 @@ def run_tiles(jobs: List[dict], cfg: TileConfig, workers: int = 1) -> List[dict]
     return sorted(rows, key=lambda r: r["id"])
 
 
-def _check_options(tiles: Sequence[int], crap_func: str, n_frames: int, lr_type: str, scale: int, workers: int):
+def _check_options(tiles: Sequence[int], crap_func: Optional[str], n_frames: int, lr_type: str, scale: int,
+                   workers: int, n_train, n_valid):
+    for flag, n in (("--n_train", n_train), ("--n_valid", n_valid)):
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            fail(None, f"{flag} must be a whole number of tiles >= 1, not {n!r} (training needs both splits)")
     if lr_type not in ("s", "t", "z"):
         fail(None, f"--lr_type must be s, t or z, not '{lr_type}'")
     if lr_type == "s" and n_frames != 1:
         fail(None, "--lr_type s uses one frame; pass --n_frames 1 (or --lr_type t/z)")
     if n_frames < 1 or n_frames % 2 == 0:
         fail(None, f"--n_frames must be odd (a centre frame and as many on each side), not {n_frames}")
-    if crap_func not in CRAPPIFIERS:
+    if crap_func is not None and crap_func not in CRAPPIFIERS:
         fail(None, f"unknown crappifier '{crap_func}'; known: {', '.join(sorted(CRAPPIFIERS))}")
     if scale < 1 or any(t < scale or t % scale for t in tiles):
         fail(None, f"every --tile must be a multiple of --scale {scale}: {list(tiles)}")
@@ -274,16 +310,21 @@ def _check_options(tiles: Sequence[int], crap_func: str, n_frames: int, lr_type:
 
 
 def make_dataset(out: Path, info: Path, tiles: Sequence[int], n_train: int, n_valid: int,
-                 crap_func: str = "no_crap", n_frames: int = 1, lr_type: str = "s", scale: int = 4,
+                 crap_func: Optional[str] = "no_crap", n_frames: int = 1, lr_type: str = "s", scale: int = 4,
                  ftypes: Optional[Sequence[str]] = None, upsample: bool = False,
                  only: Optional[Sequence[str]] = None, skip: Optional[Sequence[str]] = None,
                  clean: bool = False, seed: int = 0, workers: int = 1) -> dict:
     """Plan and write a whole data set; returns its dataset.json content."""
     tiles = [int(t) for t in tiles]
-    _check_options(tiles, crap_func, n_frames, lr_type, scale, workers)
+    _check_options(tiles, crap_func, n_frames, lr_type, scale, workers, n_train, n_valid)
     df = select_rows(read_info(info), ftypes, only, skip)
     jobs, n_skipped = plan_tiles(df, n_train, n_valid, tiles, lr_type, n_frames, seed)
-    root = prepare_out_dir(dataset_root(out, info, crap_func, n_frames, lr_type), clean, "data set")
+    check_sources(jobs)
+    root = dataset_root(out, info, crap_func, n_frames, lr_type)
+    if not clean and root.is_dir() and any(root.iterdir()) and not (root / "dataset.json").exists():
+        fail(root, "incomplete data set (no dataset.json: an earlier run was interrupted); pass --clean to "
+                   "write it again from the same seed")
+    root = prepare_out_dir(root, clean, "data set")
     cfg = TileConfig(str(root), crap_func, scale, n_frames, lr_type, upsample, seed)
     rows = run_tiles(jobs, cfg, workers)
     cols = list(df.columns) + TILE_COLS
@@ -294,7 +335,9 @@ def make_dataset(out: Path, info: Path, tiles: Sequence[int], n_train: int, n_va
                 lr_type=lr_type, crap_func=crap_func, upsample=upsample, seed=seed,
                 norm=dict(lo=PCT_LO, hi=PCT_HI), info=str(info), n_train=n_train, n_valid=n_valid,
                 n_tiles=len(rows), n_files_skipped=n_skipped, n_mostly_background=n_weak,
-                fg_frac=FG_FRAC, hr_dirs=[cfg.hr_dir(t).name for t in tiles], lr_dirs=[cfg.lr_dir(t).name for t in tiles])
+                fg_frac=FG_FRAC, hr_only=crap_func is None,
+                hr_dirs=[(cfg.hrs_dir(t) if crap_func is None and n_frames > 1 else cfg.hr_dir(t)).name for t in tiles],
+                lr_dirs=[cfg.lr_dir(t).name for t in tiles] if crap_func else [])
     with atomic_path(root / "dataset.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=1))
     return meta

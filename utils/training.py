@@ -21,14 +21,16 @@ from fastai.callback.tracker import SaveModelCallback
 from fastai.learner import Learner
 from fastai.metrics import AvgMetric
 from fastai.torch_core import params, rank_distrib
+from fastcore.foundation import L
+import numpy as np
 
-from .errors import PSSRError, fail
+from .errors import fail
 from .fileio import atomic_path
-from .model import model_paths, save_model
+from .model import load_safe, model_paths, save_model
 
 __all__ = ["psnr", "ssim", "sr_metrics", "CPUFastPath", "add_precision", "unet_splitter", "BestModel",
            "EpochCheckpoint", "Stage", "Round", "read_schedule", "single_round", "lr_arg", "ckpt_path",
-           "read_ckpt", "unwrap", "bilinear_baseline", "export_learner", "fit_rounds", "plan_of"]
+           "read_ckpt", "unwrap", "plain_opt_state", "bilinear_baseline", "export_learner", "fit_rounds", "plan_of"]
 
 
 def psnr(pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
@@ -198,6 +200,16 @@ def single_round(size: int, tile_sz: int, bs: int, cycles: int, lr: float, lr_st
     return [Round(size, tile_sz, bs, [Stage(cycles, [lr_start, lr] if lr_start else lr, freeze)])]
 
 
+def plain_opt_state(state):
+    """Optimizer state as plain lists, dicts, tensors and numbers (fastai keeps `L`s in it), so that it loads
+    with `torch.load(weights_only=True)`: a checkpoint or `.opt` from elsewhere can then never run code."""
+    if isinstance(state, dict):
+        return {k: plain_opt_state(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple, L)):
+        return [plain_opt_state(v) for v in state]
+    return state.item() if isinstance(state, np.generic) else state
+
+
 def ckpt_path(name: str, model_dir: Path) -> Path:
     return Path(model_dir) / f"{name}.ckpt"
 
@@ -246,8 +258,8 @@ class EpochCheckpoint(Callback):
     def after_epoch(self):
         if rank_distrib() or _skipped(self.learn):
             return
-        state = {"model": unwrap(self.model).state_dict(), "opt": self.opt.state_dict(), "step": self.step,
-                 "epoch": self.epoch, "n_epoch": self.n_epoch, "best": float(self.best.best),
+        state = {"model": unwrap(self.model).state_dict(), "opt": plain_opt_state(self.opt.state_dict()),
+                 "step": self.step, "epoch": self.epoch, "n_epoch": self.n_epoch, "best": float(self.best.best),
                  "epochs_done": self.best.epochs_done, "plan": self.plan}
         with atomic_path(self.path) as tmp:
             torch.save(state, tmp)
@@ -257,11 +269,8 @@ def read_ckpt(path: Path, plan: list) -> dict:
     """The checkpoint `--resume` continues from; it must come from the same training plan."""
     if not Path(path).is_file():
         fail(path, "no checkpoint to resume (the run finished, or never completed an epoch)")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise PSSRError(f"{path}: unreadable checkpoint ({type(e).__name__})") from None
-    if ck.get("plan") != plan:
+    ck = load_safe(path, "checkpoint")
+    if not isinstance(ck, dict) or ck.get("plan") != plan:
         fail(path, "checkpoint was written by a run with different rounds/epochs/lr; resume with the same options")
     return ck
 
@@ -276,15 +285,17 @@ def export_learner(learn: Learner, dest: Path) -> None:
 
 @torch.no_grad()
 def bilinear_baseline(learn: Learner, scale: int) -> tuple:
-    """(PSNR, SSIM) of bilinear upsampling of the validation LR tiles (centre frame) against their HR."""
-    p, s, n = 0.0, 0.0, 0
+    """(loss, PSNR, SSIM) of bilinear upsampling of the validation LR tiles (centre frame) against their HR,
+    the loss by the learner's own loss function, so it compares with the model's validation loss."""
+    l, p, s, n = 0.0, 0.0, 0.0, 0
     for xb, yb in learn.dls.valid:
         c = xb.shape[1] // 2
         up = F.interpolate(xb[:, c:c + 1].float(), scale_factor=scale, mode="bilinear", align_corners=False)
+        l += float(learn.loss_func(up, yb)) * len(xb)
         p += float(psnr(up, yb)) * len(xb)
         s += float(ssim(up, yb)) * len(xb)
         n += len(xb)
-    return p / n, s / n
+    return l / n, p / n, s / n
 
 
 def plan_of(rounds: List[Round]) -> list:
@@ -297,7 +308,7 @@ def _load_opt(learn: Learner, state: Optional[dict]) -> None:
     if state is None:
         return
     try:
-        learn.opt.load_state_dict(state)
+        learn.opt.load_state_dict({**state, "hypers": L(state["hypers"])})
     except Exception:
         print("note: saved optimizer state does not fit this stage; starting it fresh")
 

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Day one for a new lab: steps 1-3 on your own high-resolution data, within a time budget.
+#
+#   recipes/quick.sh SRC_DIR WORK_DIR CRAP_FUNC [N_FRAMES]
+#   LR_DIR=folder_of_real_LR_scans recipes/quick.sh ...   # match the crappifier's noise to yours
+#
+# SRC_DIR is a step-1 source tree (<category>/{train,valid}/*.tif|czi); N_FRAMES 5 trains the paper's
+# multi-frame model on time-lapses. The model goes to WORK_DIR/models and the last line printed is its
+# name; then: python image_gen.py LR_FOLDER OUT --models NAME --model_dir WORK_DIR/models
+# Settings (utils/quick.py explains each): MINUTES (whole script, default 20), SEED, PY, ARCH,
+# TRAIN_EXTRA (more train.py options), LR_TYPE (t or z for N_FRAMES 5, default t), FRESH=0 (crappify
+# once in step 2 instead of on the fly, for comparison). Any value of the printed plan can be fixed
+# from the environment, e.g. EPOCHS=40, or NET="--encoder_stride 32" TILE=128 EPOCHS=3 for the paper's
+# HR-space U-Net (the epochs are planned for the --lr_space network, ~5x faster per image).
+set -euo pipefail
+[ $# -ge 3 ] || { echo "usage: recipes/quick.sh SRC_DIR WORK_DIR CRAP_FUNC [N_FRAMES]" >&2; exit 2; }
+SRC_DIR=$1 WORK=$2 CRAP_FUNC=$3 N_FRAMES=${4:-1}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"   # python -m utils.quick from any folder
+: "${PY:=$ROOT/.venv/bin/python}" "${MINUTES:=20}" "${SEED:=0}" "${ARCH:=resnet34}" "${TRAIN_EXTRA=}" "${LR_DIR:=}"
+if [ "$N_FRAMES" = 1 ]; then LR_TYPE=s; else : "${LR_TYPE:=t}"; fi
+START=$(date +%s)
+mkdir -p "$WORK"
+INFO="$WORK/quick.csv"
+
+echo "== quick: step 1, frame statistics of $SRC_DIR" >&2
+"$PY" "$ROOT/gen_sample_info.py" "$SRC_DIR" --out "$INFO" --force >&2
+
+echo "== quick: planning for $MINUTES minutes" >&2
+# Step 1 counts against the budget; 90 s are kept for the plan's probe, step 2 and saving the model.
+LEFT=$(( MINUTES * 60 - ($(date +%s) - START) - 90 ))
+PLAN=$("$PY" -m utils.quick "$INFO" --crap_func "$CRAP_FUNC" --n_frames "$N_FRAMES" --minutes "$(( LEFT / 6 ))e-1" \
+       --arch "$ARCH" --seed "$SEED" ${LR_DIR:+--lr_dir "$LR_DIR"})
+# Values already set in the environment win over the plan's.
+while IFS= read -r line; do
+    key=${line%%=*}
+    [ -n "${!key+x}" ] || printf -v "$key" '%s' "${line#*=}"
+    echo "  $key=${!key}" >&2
+done <<< "$PLAN"
+: "${FRESH:=1}"
+NAME=quick_${CRAP_FUNC}
+if [ "$FRESH" = 1 ]; then
+    TILE_ARGS=(--hr_only) DATASET="${LR_TYPE}_${N_FRAMES}_quick_hr"
+    FLY_ARGS=(--crap_func "$CRAP_FUNC" --crap_strength "$STRENGTH")
+else
+    TILE_ARGS=(--crap_func "$CRAP_FUNC") DATASET="${LR_TYPE}_${N_FRAMES}_quick_${CRAP_FUNC}" FLY_ARGS=()
+fi
+
+echo "== quick: step 2, $N_TRAIN + $N_VALID HR tiles of $TILE px" >&2
+"$PY" "$ROOT/tile_from_info.py" --out "$WORK/datasets" --info "$INFO" --tile "$TILE" --n_train "$N_TRAIN" \
+    --n_valid "$N_VALID" --n_frames "$N_FRAMES" --lr_type "$LR_TYPE" "${TILE_ARGS[@]}" --seed "$SEED" --clean >&2
+
+echo "== quick: step 3, $EPOCHS epochs of $CRAP_FUNC pairs (fresh: $FRESH, strength $STRENGTH) on $DEVICE" >&2
+"$PY" "$ROOT/train.py" --datasetname "$DATASET" --data_path "$WORK/datasets" --model_dir "$WORK/models" \
+    --save_name "$NAME" --lr_type "$LR_TYPE" --n_frames "$N_FRAMES" --arch "$ARCH" $NET --size "$TILE" \
+    --tile_sz "$TILE" --bs "$BS" --cycles "$EPOCHS" --lr "$LR" $LOSS "${FLY_ARGS[@]}" --seed "$SEED" $TRAIN_EXTRA \
+    --force >&2
+echo "== quick: done in $(( $(date +%s) - START )) s" >&2
+echo "${LR_TYPE}_${N_FRAMES}_${NAME}_e${EPOCHS}"

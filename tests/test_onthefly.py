@@ -1,0 +1,212 @@
+"""Crappifying on the fly (issue 7): HR-only data sets, fresh seeded pairs, noise strength ranges, the
+lr_space bottleneck rule, safe loading of optimizer state, and the quick.sh planner."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+import utils  # noqa: F401
+import train
+from utils.crappifiers import crappify, downsample, draw_strength, parse_strength
+from utils.data import find_hr_tiles
+from utils.errors import PSSRError
+from utils.model import load_model
+from utils.norm import to_uint8
+from utils.onthefly import FreshPairs, make_fly_dls, read_hr_stack
+from utils.quick import estimate_strength, noise_sigma, pick_stride, pick_tile
+from utils.tiling import make_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def hr_sets(sample_info, tmp_path_factory):
+    """HR-only data sets of the sample data: EM single frames and 5-frame fluorescence stacks."""
+    out = tmp_path_factory.mktemp("hr_sets")
+    make_dataset(out, sample_info, [64], 8, 4, crap_func=None, only=["em"], seed=1)
+    make_dataset(out / "mf", sample_info, [64], 8, 4, crap_func=None, n_frames=5, lr_type="t", only=["fluo_live"],
+                 seed=1)
+    return out
+
+
+def test_hr_only_data_set_layout(hr_sets):
+    root = hr_sets / "s_1_sample_hr"
+    meta = json.loads((root / "dataset.json").read_text())
+    assert meta["hr_only"] and meta["lr_dirs"] == [] and meta["crap_func"] is None
+    assert len(list((root / "hr_s_64" / "train").rglob("*.tif"))) == 8
+    assert not any(p.name.startswith("lr") for p in root.iterdir())
+    stacks = sorted((hr_sets / "mf" / "t_5_sample_hr" / "hrs_t_64_t_5" / "train").rglob("*.npy"))
+    assert len(stacks) == 8 and np.load(stacks[0]).shape == (5, 64, 64)
+
+
+def test_hr_stack_centre_is_the_paired_data_sets_hr_tile(sample_info, hr_sets, tmp_path):
+    """Same seed, same plan: the HR-only stack's centre frame is the HR tile a paired data set would write."""
+    make_dataset(tmp_path, sample_info, [64], 8, 4, crap_func="new_crap_AG_SP", n_frames=5, lr_type="t",
+                 only=["fluo_live"], seed=1)
+    hr = sorted((tmp_path / "t_5_sample_new_crap_AG_SP" / "hr_t_64_t_5" / "train").rglob("*.tif"))
+    stacks = sorted((hr_sets / "mf" / "t_5_sample_hr" / "hrs_t_64_t_5" / "train").rglob("*.npy"))
+    assert [p.stem for p in hr] == [p.stem for p in stacks]
+    assert np.array_equal(np.load(stacks[3])[2], tifffile.imread(hr[3]))
+
+
+def test_fresh_pairs_are_seeded_and_new_every_epoch(hr_sets):
+    items = [f for _, f in find_hr_tiles(hr_sets, "s_1_sample_hr", "s", 64, 1, 48).pairs["train"]]
+    ds = FreshPairs(items, 1, 48, 4, "em_AG_D_sameas_preprint", (0.5, 2.0), seed=3, max_rotate=10, max_zoom=1.1)
+    a = [ds[i] for i in range(4)]
+    again = FreshPairs(items, 1, 48, 4, "em_AG_D_sameas_preprint", (0.5, 2.0), seed=3, max_rotate=10, max_zoom=1.1)
+    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, [again[i] for i in range(4)]))
+    ds.epoch = 1
+    b = [ds[i] for i in range(4)]
+    assert all(not torch.equal(x[0], y[0]) for x, y in zip(a, b))
+    lr, hr = a[0]
+    assert lr.shape == (1, 12, 12) and hr.shape == (1, 48, 48) and lr.dtype == hr.dtype == torch.float32
+    # validation pairs do not change with the epoch
+    va = FreshPairs(items, 1, 48, 4, "em_AG_D_sameas_preprint", (0.5, 2.0), seed=3, train=False)
+    v0 = va[0][0].clone()
+    va.epoch = 5
+    assert torch.equal(v0, va[0][0])
+
+
+def test_lr_is_the_crappified_augmented_hr(hr_sets):
+    """With a noiseless crappifier the LR is exactly the downsampled HR crop: augmentation happened before
+    crappifying, and LR and HR stay aligned."""
+    items = [f for _, f in find_hr_tiles(hr_sets, "s_1_sample_hr", "s", 64, 1, 48).pairs["train"]]
+    ds = FreshPairs(items, 1, 48, 4, "no_crap", seed=0)
+    for i in range(4):
+        lr, hr = ds[i]
+        assert np.array_equal(lr[0].numpy(), to_uint8(downsample(hr[0].numpy(), 4)) / np.float32(255))
+
+
+def test_multi_frame_fresh_pairs(hr_sets):
+    spec = find_hr_tiles(hr_sets / "mf", "t_5_sample_hr", "t", 64, 5, 64)
+    dls = make_fly_dls([f for _, f in spec.pairs["train"]], [f for _, f in spec.pairs["valid"]], 5, 64, 4,
+                       "new_crap_AG_SP", (1, 1), bs=4)
+    xb, yb = dls.train.one_batch()
+    assert xb.shape == (4, 5, 16, 16) and yb.shape == (4, 1, 64, 64)
+    stack = read_hr_stack(spec.pairs["valid"][0][1], 5)
+    lr, hr = dls.valid.dataset[0]
+    assert torch.equal(hr[0], torch.from_numpy(stack[2]))  # the target is the centre frame
+
+
+def test_strength_scales_the_noise():
+    img = np.full((256, 256), 0.5, np.float32)
+    sd = [crappify("em_AG_D_sameas_preprint", img, 1, np.random.default_rng(0), s).std() for s in (0, 0.5, 1, 2)]
+    assert sd[0] == 0 and sd[1] < sd[2] < sd[3]
+    assert sd[3] / sd[2] == pytest.approx(2, rel=0.1)
+    assert parse_strength("0.25,1.5") == (0.25, 1.5) and parse_strength(1) == (1.0, 1.0)
+    assert parse_strength([0.5, 2]) == (0.5, 2.0)
+    for bad in ("2,1", "x", "-1"):
+        with pytest.raises(PSSRError, match="--crap_strength"):
+            parse_strength(bad)
+    draws = [draw_strength(np.random.default_rng(i), 0.25, 4) for i in range(400)]
+    assert min(draws) >= 0.25 and max(draws) <= 4 and abs(np.median(np.log(draws))) < 0.2  # log-uniform
+
+
+def test_train_on_the_fly_end_to_end(hr_sets, tmp_path):
+    train.main(datasetname="s_1_sample_hr", data_path=str(hr_sets), model_dir=str(tmp_path), save_name="fly",
+               arch="resnet18", bs=4, size=64, tile_sz=64, cycles=1, lr=1e-3, attn=False, fp32=True,
+               crap_func="em_AG_D_sameas_preprint", crap_strength="0.5,2")
+    model, meta = load_model("s_1_fly_e1", tmp_path)
+    assert meta["on_the_fly"] and meta["crap_func"] == "em_AG_D_sameas_preprint"
+    assert meta["crap_strength"] == [0.5, 2.0] and meta["max_rotate"] == 10
+    assert isinstance(meta["beats_bilinear"], bool) and meta["bilinear_valid_loss"] > 0
+    assert torch.load(tmp_path / "s_1_fly_e1.opt", weights_only=True)["hypers"]  # plain, safe to load
+
+
+def test_lr_space_refuses_a_collapsed_bottleneck(hr_sets, tmp_path):
+    with pytest.raises(PSSRError, match="1x1 bottleneck"):
+        train.main(datasetname="s_1_sample_hr", data_path=str(hr_sets), model_dir=str(tmp_path), lr_space=True,
+                   encoder_stride=16, size=64, tile_sz=64, crap_func="no_crap", cycles=1)
+
+
+def test_crafted_pickles_never_run(tmp_path):
+    """A .opt or .ckpt that would run code when unpickled is refused with one line, and the code never runs."""
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    from utils.model import load_safe
+    for name in ("m.opt", "m.ckpt", "m.pth"):
+        torch.save({"state": Evil()}, tmp_path / name)
+        with pytest.raises(PSSRError, match="refusing to unpickle"):
+            load_safe(tmp_path / name, "optimizer state")
+    assert not marker.exists()
+
+
+def test_planner_tiles_strides_and_noise_match(sample_info, tmp_path):
+    import pandas as pd
+    df = pd.read_csv(sample_info)
+    assert pick_tile(df) in (256, 128) and pick_stride(256, 4) == 16 and pick_stride(128, 4) == 8
+    # Real LR made by the same crappifier at 2x the paper's noise: the planner finds ~2.
+    rng = np.random.default_rng(0)
+    em = df[df.category == "em"]
+    from utils.sources import open_source
+    from utils.norm import normalize
+    r = em.iloc[0]
+    with open_source(r.fn) as src:
+        hr = normalize(src.read(int(r.c), int(r.z), int(r.t)), r.mi, r.ma)
+    (tmp_path / "lr").mkdir()
+    tifffile.imwrite(tmp_path / "lr" / "a.tif", to_uint8(crappify("em_AG_D_sameas_preprint", hr, 4, rng, 2.0)))
+    strength, sigma = estimate_strength(em, "em_AG_D_sameas_preprint", tmp_path / "lr")
+    assert 1.4 < strength < 2.8 and sigma == pytest.approx(noise_sigma(tifffile.imread(tmp_path / "lr" / "a.tif")
+                                                                       / 255.0), rel=0.3)
+
+
+def test_quick_sh_end_to_end(sample_tree, tmp_path):
+    """quick.sh on the sample EM (plan values fixed small through the environment): the last line printed is
+    the model's name, and the model was trained on the fly with the planned network."""
+    import os
+    env = {**os.environ, "PY": sys.executable, "MINUTES": "3", "ARCH": "resnet18", "TILE": "128", "N_TRAIN": "8",
+           "N_VALID": "4", "EPOCHS": "1", "BS": "4", "NET": "--lr_space --encoder_stride 8",
+           "TRAIN_EXTRA": "--noattn --fp32"}
+    src = tmp_path / "src"
+    (src / "em").mkdir(parents=True)
+    for split in ("train", "valid"):
+        os.symlink(sample_tree / "fixed" / "em" / split, src / "em" / split)
+    r = subprocess.run(["bash", str(ROOT / "recipes" / "quick.sh"), str(src), str(tmp_path / "work"),
+                        "em_AG_D_sameas_preprint"], capture_output=True, text=True, env=env, timeout=600,
+                       cwd=tmp_path)  # from any folder, as a user would
+    assert r.returncode == 0, r.stderr[-3000:]
+    name = r.stdout.strip().splitlines()[-1]
+    assert name == "s_1_quick_em_AG_D_sameas_preprint_e1"
+    _, meta = load_model(name, tmp_path / "work" / "models")
+    assert meta["on_the_fly"] and meta["lr_space"] and meta["encoder_stride"] == 8 and meta["size"] == 128
+    assert "STRENGTH=0.5,2" in r.stderr  # no LR_DIR: centred on the paper's noise level
+
+
+def test_lr_space_model_agrees_whole_and_tiled(sample_info, tmp_path):
+    """An lr_space model trained on 32-px LR crops (stride-8 encoder: 4x4 bottleneck) gives the same image
+    whole or in tiles of its training size, on an input 5x larger than the crop."""
+    from utils.restore import Predictor, restore_frame
+    from tests.restore_helpers import smooth_image
+    make_dataset(tmp_path / "ds", sample_info, [128], 16, 4, crap_func=None, only=["em"], seed=2)
+    train.main(datasetname="s_1_sample_hr", data_path=str(tmp_path / "ds"), model_dir=str(tmp_path), save_name="ws",
+               arch="resnet18", bs=4, size=128, tile_sz=128, cycles=4, lr=3e-2, lr_space=True, encoder_stride=8,
+               crap_func="em_AG_D_sameas_preprint", max_rotate=0, max_zoom=1)
+    model, meta = load_model("s_1_ws_e4", tmp_path)
+    img = smooth_image((160, 160), seed=4).astype(np.float32) / 4000
+    pred = Predictor(model, 4)
+    band = lambda y0, h: img[None, y0:y0 + h]  # noqa: E731
+    whole = np.concatenate(list(restore_frame(band, 160, 160, pred, 4)))
+    tiled = np.concatenate(list(restore_frame(band, 160, 160, pred, 4, tile=meta["size"] // 4, overlap=8)))
+    bilinear = torch.nn.functional.interpolate(torch.from_numpy(img)[None, None], scale_factor=4, mode="bilinear")
+    correction = np.abs(whole - bilinear[0, 0].numpy()).mean()
+    assert correction > 1e-3  # the model does more than bilinear, so agreement means something
+    assert np.abs(whole - tiled).mean() < 0.2 * correction
+
+
+def test_a_model_no_better_than_bilinear_says_so(hr_sets, tmp_path, capsys):
+    """lr 0 leaves the residual model at bilinear upsampling: the .json and a warning must say so."""
+    train.main(datasetname="s_1_sample_hr", data_path=str(hr_sets), model_dir=str(tmp_path), save_name="flat",
+               arch="resnet18", bs=4, size=64, tile_sz=64, cycles=1, lr=0.0, attn=False, fp32=True,
+               crap_func="no_crap")
+    _, meta = load_model("s_1_flat_e1", tmp_path)
+    assert meta["beats_bilinear"] is False
+    assert "does not beat bilinear" in capsys.readouterr().err

@@ -1,0 +1,129 @@
+"""Crappify on the fly: training pairs drawn fresh from HR tiles every time a tile is visited.
+
+A fixed data set gives each LR tile one noise draw for the whole training, and augmenting an
+already-crappified LR tile (rotation, zoom) resamples its noise into something smoother than any
+real scan. Here the HR tile is augmented first (dihedral flip, optional rotation/zoom, random crop)
+and only then crappified, with a generator seeded by (seed, epoch, tile): the LR always has exactly
+the crappifier's statistics, the noise never repeats, and the same seed gives the same run.
+
+Items are HR tiles of a step-2 data set: `hr_*` `.tif` tiles (one frame), or `hrs_*` `.npy` stacks
+(n_frames x h x w, from `tile_from_info.py --hr_only` with `--n_frames 5`) whose centre frame is the
+target and whose frames are each crappified, as the paper's multi-frame pairs (Methods).
+"""
+import math
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import tifffile
+import torch
+
+from fastai.callback.core import Callback
+from fastai.data.core import DataLoaders
+from fastai.data.load import DataLoader
+
+from .crappifiers import crappify, draw_strength
+from .data import affine_crop, dihedral, dihedral_matrix
+from .errors import PSSRError, fail
+from .norm import to_uint8
+
+__all__ = ["read_hr_stack", "augment_hr", "FreshPairs", "SetDrawEpoch", "make_fly_dls"]
+
+
+def read_hr_stack(path: Path, n_frames: int) -> np.ndarray:
+    """HR tile as float32 (n_frames, H, W) in [0, 1]: a `.tif` frame, or a `.npy` stack of frames."""
+    path = Path(path)
+    try:
+        a = np.load(path) if path.suffix == ".npy" else tifffile.imread(path)
+    except Exception as e:
+        raise PSSRError(f"{path}: unreadable HR tile ({type(e).__name__})") from None
+    a = a[None] if a.ndim == 2 else a
+    if a.ndim != 3 or a.shape[0] != n_frames or a.dtype != np.uint8:
+        fail(path, f"HR tile is {a.dtype} {a.shape}; expected uint8 with {n_frames} frame(s)")
+    return a.astype(np.float32) / 255
+
+
+def augment_hr(hr: np.ndarray, size: int, rng: np.random.Generator, max_rotate: float = 0.0,
+               max_zoom: float = 1.0, p_affine: float = 0.75) -> np.ndarray:
+    """One random dihedral flip and `size` crop of all frames, with rotation/zoom (bilinear) on the HR only."""
+    k = int(rng.integers(8))
+    angle = float(rng.uniform(-max_rotate, max_rotate)) if max_rotate and rng.random() < p_affine else 0.0
+    zoom = float(rng.uniform(1.0, max_zoom)) if max_zoom > 1 and rng.random() < p_affine else 1.0
+    h, w = hr.shape[-2:]
+    if angle == 0.0 and zoom == 1.0:
+        y, x = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
+        return np.ascontiguousarray(dihedral(torch.from_numpy(hr[:, y:y + size, x:x + size]), k).numpy())
+    a = math.radians(angle)
+    rot = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    half = size / w / zoom
+    room = max(0.0, 1.0 - half * (abs(math.cos(a)) + abs(math.sin(a))))
+    centre = torch.tensor([rng.uniform(-room, room), rng.uniform(-room, room)], dtype=torch.float32)
+    theta = torch.cat([rot @ dihedral_matrix(k) * half, centre[:, None]], dim=1)
+    return affine_crop(torch.from_numpy(hr), theta, size).clamp(0, 1).numpy()
+
+
+def centre_crop(hr: np.ndarray, size: int) -> np.ndarray:
+    y, x = (hr.shape[-2] - size) // 2, (hr.shape[-1] - size) // 2
+    return hr[:, y:y + size, x:x + size]
+
+
+class FreshPairs:
+    """Indexable (lr, hr) pairs crappified at every draw; `epoch` (set by `SetDrawEpoch`) picks the draw.
+
+    Validation pairs (`train=False`) are centre crops with one fixed draw per tile, so epochs compare.
+    All frames of a stack share one noise strength (one acquisition) but get their own noise."""
+
+    def __init__(self, items: Sequence[Path], n_frames: int, size: int, scale: int, crap_func: str,
+                 strength: Tuple[float, float] = (1.0, 1.0), seed: int = 0, train: bool = True,
+                 max_rotate: float = 0.0, max_zoom: float = 1.0):
+        self.items, self.n_frames, self.size, self.scale = list(items), n_frames, size, scale
+        self.crap_func, self.strength, self.seed, self.train = crap_func, tuple(strength), seed, train
+        self.max_rotate, self.max_zoom, self.epoch = max_rotate, max_zoom, 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def rng(self, i: int) -> np.random.Generator:
+        epoch = self.epoch if self.train else 0
+        return np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(2, int(self.train), epoch, i)))
+
+    def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        rng = self.rng(i)
+        hr = read_hr_stack(self.items[i], self.n_frames)
+        if self.train:
+            hr = augment_hr(hr, self.size, rng, self.max_rotate, self.max_zoom)
+        else:
+            hr = centre_crop(hr, self.size)
+        s = draw_strength(rng, *self.strength)
+        # LR is stored as uint8 like real 8-bit scans and step-2 tiles, so both paths see the same quantization.
+        lr = np.stack([to_uint8(crappify(self.crap_func, f, self.scale, rng, s)) for f in hr]).astype(np.float32) / 255
+        c = self.n_frames // 2
+        return torch.from_numpy(lr), torch.from_numpy(np.ascontiguousarray(hr[c:c + 1]))
+
+    def new_empty(self) -> "FreshPairs":
+        """For `learn.export()`, which pickles the loaders without their items."""
+        empty = FreshPairs([], self.n_frames, self.size, self.scale, self.crap_func, self.strength, self.seed,
+                           self.train, self.max_rotate, self.max_zoom)
+        return empty
+
+
+class SetDrawEpoch(Callback):
+    """Tell the training pairs which epoch it is, so each epoch draws new noise and augmentation
+    (and a resumed run redraws exactly what the interrupted one would have)."""
+    order = -10
+
+    def before_epoch(self):
+        ds = getattr(self.dls.train, "dataset", None)
+        if isinstance(ds, FreshPairs):
+            ds.epoch = self.epoch
+
+
+def make_fly_dls(train: List[Path], valid: List[Path], n_frames: int, size: int, scale: int, crap_func: str,
+                 strength: Tuple[float, float], bs: int, seed: int = 0, workers: int = 0, device: str = "cpu",
+                 max_rotate: float = 0.0, max_zoom: float = 1.0) -> DataLoaders:
+    """fastai DataLoaders of fresh pairs (train shuffled and augmented, valid fixed centre crops)."""
+    tr = FreshPairs(train, n_frames, size, scale, crap_func, strength, seed, True, max_rotate, max_zoom)
+    va = FreshPairs(valid, n_frames, size, scale, crap_func, strength, seed, False)
+    dl_tr = DataLoader(tr, bs=bs, shuffle=True, drop_last=len(tr) >= bs, num_workers=workers, device=device)
+    dl_va = DataLoader(va, bs=bs, shuffle=False, num_workers=workers, device=device)
+    return DataLoaders(dl_tr, dl_va, device=device)
