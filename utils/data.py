@@ -20,7 +20,7 @@ from fasttransform import ItemTransform
 from .errors import PSSRError, fail
 from .norm import PCT_HI, PCT_LO
 
-__all__ = ["DataSpec", "find_dataset", "find_hr_tiles", "hr_dir_name", "read_lr", "read_hr", "PairedAugment",
+__all__ = ["DataSpec", "find_dataset", "find_hr_tiles", "hr_dir_name", "read_tile", "read_lr", "read_hr", "PairedAugment",
            "CentreCrop", "make_dls", "MAX_ROTATE", "MAX_ZOOM"]
 
 # The original's get_xy_transforms default rotation. Its train.py passes max_zoom=4, which magnifies the
@@ -83,17 +83,22 @@ def list_pairs(lr_dir: Path, hr_dir: Path, split: str, lr_ext: str) -> List[Tupl
     return [(p, hr_dir / p.relative_to(lr_dir).with_suffix(".tif")) for p in lrs]
 
 
-def read_lr(path: Path, n_frames: int) -> np.ndarray:
-    """LR tile as uint8 (n_frames, h, w)."""
+def read_tile(path: Path, n_frames: int, what: str = "LR") -> np.ndarray:
+    """A step-2 tile as uint8 (n_frames, h, w): a `.tif` frame or a `.npy` stack of frames."""
     path = Path(path)
     try:
         a = np.load(path) if path.suffix == ".npy" else tifffile.imread(path)
     except Exception as e:
-        raise PSSRError(f"{path}: unreadable LR tile ({type(e).__name__})") from None
+        raise PSSRError(f"{path}: unreadable {what} tile ({type(e).__name__})") from None
     a = a[None] if a.ndim == 2 else a
-    if a.ndim != 3 or a.shape[0] != n_frames:
-        fail(path, f"LR tile has shape {a.shape}, expected {n_frames} frame(s) (n_frames={n_frames})")
+    if a.ndim != 3 or a.shape[0] != n_frames or a.dtype != np.uint8:
+        fail(path, f"{what} tile is {a.dtype} {a.shape}, expected uint8 with {n_frames} frame(s)")
     return a
+
+
+def read_lr(path: Path, n_frames: int) -> np.ndarray:
+    """LR tile as uint8 (n_frames, h, w)."""
+    return read_tile(path, n_frames, "LR")
 
 
 def read_hr(path: Path) -> np.ndarray:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import List, Sequence, Tuple
 
 import numpy as np
-import tifffile
 import torch
 
 from fastai.callback.core import Callback
@@ -23,8 +22,7 @@ from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 
 from .crappifiers import crappify, draw_strength
-from .data import affine_crop, dihedral, dihedral_matrix
-from .errors import PSSRError, fail
+from .data import affine_crop, dihedral, dihedral_matrix, read_tile
 from .norm import to_uint8
 
 __all__ = ["read_hr_stack", "augment_hr", "FreshPairs", "SetDrawEpoch", "make_fly_dls"]
@@ -32,15 +30,7 @@ __all__ = ["read_hr_stack", "augment_hr", "FreshPairs", "SetDrawEpoch", "make_fl
 
 def read_hr_stack(path: Path, n_frames: int) -> np.ndarray:
     """HR tile as float32 (n_frames, H, W) in [0, 1]: a `.tif` frame, or a `.npy` stack of frames."""
-    path = Path(path)
-    try:
-        a = np.load(path) if path.suffix == ".npy" else tifffile.imread(path)
-    except Exception as e:
-        raise PSSRError(f"{path}: unreadable HR tile ({type(e).__name__})") from None
-    a = a[None] if a.ndim == 2 else a
-    if a.ndim != 3 or a.shape[0] != n_frames or a.dtype != np.uint8:
-        fail(path, f"HR tile is {a.dtype} {a.shape}; expected uint8 with {n_frames} frame(s)")
-    return a.astype(np.float32) / 255
+    return read_tile(path, n_frames, "HR").astype(np.float32) / 255
 
 
 def augment_hr(hr: np.ndarray, size: int, rng: np.random.Generator, max_rotate: float = 0.0,
