@@ -18,6 +18,7 @@ from fastai.data.core import Datasets, DataLoaders
 from fasttransform import ItemTransform
 
 from .errors import PSSRError, fail
+from .restore import dihedral  # one definition, shared with test-time augmentation
 from .norm import PCT_HI, PCT_LO
 
 __all__ = ["DataSpec", "find_dataset", "find_hr_tiles", "hr_dir_name", "read_tile", "read_lr", "read_hr", "PairedAugment",
@@ -213,15 +214,6 @@ def dihedral_matrix(k: int) -> torch.Tensor:
     """One of the 8 symmetries of the square as a 2x2 matrix (k: bit0 flip x, bit1 flip y, bit2 transpose)."""
     m = torch.diag(torch.tensor([-1.0 if k & 1 else 1.0, -1.0 if k & 2 else 1.0]))
     return m.flip(1) if k & 4 else m
-
-
-def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The exact (pixel-permuting) version of `dihedral_matrix(k)` for when there is no rotation or zoom."""
-    if k & 1:
-        x = x.flip(-1)
-    if k & 2:
-        x = x.flip(-2)
-    return x.transpose(-1, -2) if k & 4 else x
 
 
 def affine_crop(x: torch.Tensor, theta: torch.Tensor, out: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ from .norm import PCT_HI, PCT_LO, MAX_PCT_PIXELS, normalize
 from .sources import Source
 
 __all__ = ["SEAMS", "SEAM_BAND", "SEAM_SIGMA", "OUT_DTYPES", "reflect_index", "frame_windows", "tile_starts",
-           "axis_weights", "Upsampler", "Predictor", "frame_percentiles", "restore_frame", "to_dtype",
+           "axis_weights", "dihedral", "Upsampler", "Predictor", "frame_percentiles", "restore_frame", "to_dtype",
            "write_tif_stream", "plan_frames", "restore_file"]
 
 # 'linear'/'cosine': overlapping tiles cross-fade with a ramp over the overlap.
@@ -136,8 +136,9 @@ class Upsampler(nn.Module):
         return F.interpolate(x[:, c:c + 1], scale_factor=self.scale, mode=self.mode, align_corners=False)
 
 
-def _dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
-    """Symmetry k of the square (bit0 flip x, bit1 flip y, bit2 transpose) on the last two axes, or its inverse."""
+def dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
+    """Symmetry k of the square (bit0 flip x, bit1 flip y, bit2 transpose) on the last two axes, or its
+    inverse; pixel-exact (training's `data.dihedral_matrix(k)` is the same map as an affine matrix)."""
     if inverse and k & 4:
         x = x.transpose(-1, -2)
     if k & 1:
@@ -190,7 +191,7 @@ class Predictor:
         for i in range(0, len(tiles), self.batch_size):
             x = torch.from_numpy(np.ascontiguousarray(tiles[i:i + self.batch_size])).to(self.device)
             if self.tta:
-                y = sum(_dihedral(self._run(_dihedral(x, k)), k, inverse=True) for k in range(8)) / 8
+                y = sum(dihedral(self._run(dihedral(x, k)), k, inverse=True) for k in range(8)) / 8
             else:
                 y = self._run(x)
             outs.append(y.cpu().numpy())
