@@ -148,6 +148,15 @@ def check_pairs(pairs: List[Tuple[Path, Path]], n_frames: int, size: int, scale:
     return sc, hs[-1]
 
 
+def dataset_dir(data_path: Path, datasetname: str) -> Path:
+    """`{data_path}/{datasetname}`, which must exist; the error lists the data sets that do."""
+    root = Path(data_path) / datasetname
+    if not root.is_dir():
+        have = sorted(p.name for p in Path(data_path).iterdir() if p.is_dir()) if Path(data_path).is_dir() else []
+        fail(root, f"data set not found; data sets in {data_path}: {', '.join(have) or 'none'}")
+    return root
+
+
 def hr_dir_name(lr_type: str, tile_sz: int, n_frames: int) -> str:
     """HR tiles usable for on-the-fly crappifying: `hr_` frames (one frame), `hrs_` stacks (n_frames)."""
     return f"hr_{lr_type}_{tile_sz}" if n_frames == 1 else f"hrs_{lr_type}_{tile_sz}{multi_str(lr_type, n_frames)}"
@@ -157,10 +166,7 @@ def find_hr_tiles(data_path: Path, datasetname: str, lr_type: str, tile_sz: int,
                   size: int) -> DataSpec:
     """HR tiles of a data set for `train.py --crap_func` (an `--hr_only` data set, or the `hr_` tiles of a
     paired one); `pairs` then hold (None, hr) and `scale` comes from dataset.json."""
-    root = Path(data_path) / datasetname
-    if not root.is_dir():
-        have = sorted(p.name for p in Path(data_path).iterdir() if p.is_dir()) if Path(data_path).is_dir() else []
-        fail(root, f"data set not found; data sets in {data_path}: {', '.join(have) or 'none'}")
+    root = dataset_dir(data_path, datasetname)
     info = read_info(root)
     hr_dir = root / hr_dir_name(lr_type, tile_sz, n_frames)
     ext = ".tif" if n_frames == 1 else ".npy"
@@ -186,10 +192,7 @@ def find_hr_tiles(data_path: Path, datasetname: str, lr_type: str, tile_sz: int,
 def find_dataset(data_path: Path, datasetname: str, lr_type: str, tile_sz: int, n_frames: int,
                  size: int) -> DataSpec:
     """Locate and check a data set; every problem is a one-line PSSRError naming the path."""
-    root = Path(data_path) / datasetname
-    if not root.is_dir():
-        have = sorted(p.name for p in Path(data_path).iterdir() if p.is_dir()) if Path(data_path).is_dir() else []
-        fail(root, f"data set not found; data sets in {data_path}: {', '.join(have) or 'none'}")
+    root = dataset_dir(data_path, datasetname)
     multi = multi_str(lr_type, n_frames)
     hr_dir, lr_dir = root / f"hr_{lr_type}_{tile_sz}{multi}", root / f"lr_{lr_type}_{tile_sz}{multi}"
     for d in (hr_dir, lr_dir):
