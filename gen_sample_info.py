@@ -5,11 +5,10 @@
 Each SRC holds <category>/{train,valid}/<files>; a SRC named `live` means TIFF stack
 pages are time points. See utils/info.py for the columns and how statistics stay cheap.
 """
-from pathlib import Path
 
 import utils  # noqa: F401  (quiets library import warnings)
-from utils.errors import fail, run_cli
-from utils.info import build_info, write_info
+from utils.errors import run_cli
+from utils.info import build_info, check_out, write_info
 
 
 def main(*sources: str, out: str, only=None, skip=None, channel="0", force: bool = False) -> None:
@@ -17,8 +16,7 @@ def main(*sources: str, out: str, only=None, skip=None, channel="0", force: bool
 
     only/skip: category names (repeat or comma-separate); channel: a channel index,
     several (0,1) or `all`; force: replace an existing `out`."""
-    if Path(out).exists() and not force:  # before scanning: that can take long on a facility's data
-        fail(out, "info CSV exists already; pass --force to replace it")
+    check_out(out, force)  # before scanning: that can take long on a facility's data
     df = build_info(sources, _names(only), _names(skip), _channel(channel))
     write_info(df, out, force)
     print(f"{out}: {len(df)} frames from {df.attrs['n_files']} files in {df.category.nunique()} "

@@ -19,7 +19,7 @@ import utils  # noqa: F401  (quiet fastai/torch import warnings first)
 import torch
 import torch.nn.functional as F
 from fastai.learner import Learner
-from fastai.torch_core import num_distrib, rank_distrib, set_seed
+from fastai.torch_core import rank_distrib, set_seed
 
 from utils.crappifiers import check_crappifier, parse_strength
 from utils.data import MAX_ROTATE, MAX_ZOOM, find_dataset, find_hr_tiles, make_dls
@@ -27,6 +27,7 @@ from utils.errors import fail, run_cli
 from utils.model import (ARCHS, bottleneck_size, build_model, find_weights, load_safe, model_exists, model_paths,
                          read_meta, save_model)
 from utils.onthefly import SetDrawEpoch, make_fly_dls
+from utils.progress import plain_training_progress
 from utils.training import (CPUFastPath, add_precision, bilinear_baseline, ckpt_path, export_learner, fit_rounds,
                             plain_opt_state, plan_of, read_ckpt, read_schedule, single_round, sr_metrics,
                             unet_splitter, unwrap)
@@ -81,14 +82,17 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
          n_frames: int = 1, load_name: Optional[str] = None, freeze: bool = False, pretrain: bool = False,
          weights: Optional[str] = None, arch: str = "resnet34", attn: bool = True, blur: bool = True,
          final_blur: bool = True, last_cross: bool = True, bottle: bool = True, norm: bool = False,
-         l1_loss: bool = False, lr_space: bool = False, residual: bool = True, data_path: str = "datasets",
-         model_dir: str = "models", schedule: Optional[str] = None, seed: int = 0, device: Optional[str] = None,
-         workers: int = 0, fp32: bool = False, resume: bool = False, force: bool = False,
+         l1_loss: bool = False, lr_space: bool = False, residual: bool = False,
+         data_path: str = "datasets", model_dir: str = "models", schedule: Optional[str] = None, seed: int = 0,
+         device: Optional[str] = None, workers: int = 0, fp32: bool = False, resume: bool = False, force: bool = False,
          max_rotate: Optional[float] = None, max_zoom: Optional[float] = None, crap_func: Optional[str] = None,
          crap_strength="1", encoder_stride: Optional[int] = None) -> None:
     """Train; every option as the original train.py plus --schedule/--lr_space/--weights/--seed/--device/
     --workers/--model_dir/--fp32/--resume/--force/--crap_func/--crap_strength (README, Step 3).
 
+    lr: as the original's `slice(lr)`, the encoder's two layer groups train at lr/10; --lr_start gives a range
+    spaced linearly over the three groups (paper, Methods). residual: add the bilinear upsampling to the
+    output (an untrained model then equals bilinear); off by default, as in the paper (--lr_space implies it).
     max_rotate/max_zoom: default 10 degrees / 1.1 with --crap_func (the HR is augmented before crappifying),
     none for pre-made pairs (resampling crappified LR smooths its noise). encoder_stride: 16 for --lr_space
     (its U-Net sees LR pixels), else the paper's 32."""
@@ -115,25 +119,28 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
 
     # Every data set and weights file is checked before anything is written.
     find = find_hr_tiles if fly else find_dataset
-    specs = {(r.tile_sz, r.size): find(Path(data_path), datasetname, lr_type, r.tile_sz, n_frames, r.size)
-             for r in rounds}
+    specs = {}
+    for r in rounds:
+        name, tile, crop = _key(r, datasetname)
+        specs[name, tile, crop] = find(Path(data_path), name, lr_type, tile, n_frames, crop)
     scale = next(iter(specs.values())).scale
     if any(s.scale != scale for s in specs.values()):
         fail(Path(data_path) / datasetname, "rounds use data sets of different scales")
     weights_file = find_weights(arch, weights) if pretrain else None
     ckpt = read_ckpt(ckpt_path(final, model_dir), plan_of(rounds)) if resume else None
 
-    set_seed(seed)
+    set_seed(seed, reproducible=True)  # also cuDNN's deterministic kernels, no autotuning
     dev = pick_device(device)
     spec0 = next(iter(specs.values()))
     base_meta = dict(scale=scale, n_frames=n_frames, lr_type=lr_type, arch=arch, lr_space=lr_space,
                      self_attention=attn, blur=blur, blur_final=final_blur, last_cross=last_cross, bottle=bottle,
                      weight_norm=True, residual=residual, encoder_stride=encoder_stride,
-                     imagenet_norm=pretrain or norm, pretrained=pretrain,
+                     imagenet_norm=pretrain or norm, pretrained=pretrain, hr_pixel_size=spec0.info.get("hr_pixel_size"),
                      weights=str(weights_file) if weights_file else None, norm=spec0.norm,
                      crap_func=crap_func or spec0.crap_func, crap_strength=list(strength) if fly else None,
                      on_the_fly=fly, max_rotate=max_rotate, max_zoom=max_zoom,
-                     datasetname=datasetname, loss="l1" if l1_loss else "mse", seed=seed, schedule=plan_of(rounds))
+                     datasetname=datasetname, loss="l1" if l1_loss else "mse", seed=seed, schedule=plan_of(rounds),
+                     runtime=runtime())
     check_bottleneck(base_meta, rounds)
     model = build_model(base_meta, weights_file)
     opt_state = load_start(model, load_name, model_dir, base_meta) if load_name else None
@@ -141,16 +148,19 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     precision = []
 
     def make_learner(rnd):
-        spec, bs_all = specs[(rnd.tile_sz, rnd.size)], rnd.bs * max(1, num_distrib())
+        # --bs is per process: fastai's DistributedDL hands each rank whole batches of the loader's size, drawn
+        # from the rank's 1/world share of the tiles (a loader of bs x world gave each rank bs x world tiles)
+        spec = specs[_key(rnd, datasetname)]
         if fly:
             dls = make_fly_dls([hr for _, hr in spec.pairs["train"]], [hr for _, hr in spec.pairs["valid"]],
-                               n_frames, rnd.size, scale, crap_func, strength, bs_all, seed, workers, dev,
+                               n_frames, rnd.size, scale, crap_func, strength, rnd.bs, seed, workers, dev,
                                max_rotate, max_zoom)
         else:
-            dls = make_dls(spec, n_frames, rnd.size, bs_all, workers, dev, max_rotate, max_zoom)
+            dls = make_dls(spec, n_frames, rnd.size, rnd.bs, workers, dev, max_rotate, max_zoom)
         learn = Learner(dls, model, loss_func=F.l1_loss if l1_loss else F.mse_loss, metrics=sr_metrics(),
                         splitter=unet_splitter, wd=WD, path=Path("."), model_dir=model_dir,
                         cbs=[SetDrawEpoch()] if fly else None)
+        plain_training_progress(learn)
         precision.append(add_precision(learn, dev, fp32))
         if not rank_distrib():
             print(f"round: size {rnd.size}, tiles {rnd.tile_sz}, bs {rnd.bs}, {len(dls.train_ds)} train / "
@@ -161,8 +171,19 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
         return {**base_meta, "size": rnd.size, "tile_sz": rnd.tile_sz, "precision": precision[-1]}
 
     learn = fit_rounds(rounds, make_learner, final, model_dir, meta_of, ckpt, opt_state)
-    if not rank_distrib():
-        finish(learn, {**meta_of(rounds[-1]), "epochs": total}, final, model_dir)
+    finish(learn, {**meta_of(rounds[-1]), "epochs": total}, final, model_dir)  # every rank: validate() gathers
+
+
+def runtime() -> dict:
+    """What a seeded run's last digits depend on beyond the seed: library versions, CPU kernels, threads."""
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available()
+            else None}
+
+
+def _key(rnd, datasetname: str) -> tuple:
+    """The data a round reads: its own data set (schedule) or --datasetname, at its tile and crop size."""
+    return rnd.datasetname or datasetname, rnd.tile_sz, rnd.size
 
 
 def finish(learn: Learner, meta: dict, final: str, model_dir: Path) -> None:
@@ -171,6 +192,8 @@ def finish(learn: Learner, meta: dict, final: str, model_dir: Path) -> None:
     learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, CPUFastPath)])  # evaluate in fp32
     loss, p, s = learn.validate()
     b_loss, bp, bs_ = bilinear_baseline(learn, int(meta["scale"]))
+    if rank_distrib():
+        return  # the other ranks took part in validate(), whose metrics are gathered across ranks; rank 0 writes
     beats = bool(loss < b_loss)
     save_model(unwrap(learn.model), {**meta, "best_valid_loss": float(loss), "bilinear_valid_loss": b_loss,
                                      "beats_bilinear": beats}, final, model_dir,

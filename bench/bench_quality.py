@@ -1,7 +1,7 @@
 """Real-data quality (not a test): recipes/quick.sh on real EM, restored with image_gen.py's defaults on slices
 training never saw, against bilinear upsampling of the same LR, with a paired t-test.
 
-    python bench/bench_quality.py [--variants quick,fixed_pairs] [--minutes 20] [--work bench/out/quality]
+    python bench/bench_quality.py [--variants quick,fixed_pairs] [--minutes 20] [--work bench/out/quality] [--isbi TIF]
 
 Data: the ISBI 2012 ssTEM volume in ../shared/data/em_isbi2012 (30 x 512², 4 nm pixels): slices 0-19 are the
 training source, 20-23 its validation split, 24-29 the test set. The test LR comes from two degradations:
@@ -39,7 +39,10 @@ VARIANTS = {
     "paper_noise": {"STRENGTH": "1"},
     "mse": {"LOSS": ""},
     "resnet18": {"ARCH": "resnet18"},
-    "noresidual": {"TRAIN_EXTRA": "--noresidual"},
+    # the paper's HR-space network (~5x slower per image than --lr_space, so fewer epochs), without and with
+    # the residual bilinear skip (--lr_space always has it)
+    "paper_net": {"NET": "", "LOSS": "", "LR": "1e-3", "EPOCHS": "2"},
+    "paper_net_residual": {"NET": "--residual", "LOSS": "", "LR": "1e-3", "EPOCHS": "2"},
     "lr_1e-3": {"LR": "1e-3"},
     "no_rotate_zoom": {"TRAIN_EXTRA": "--max_rotate 0 --max_zoom 1"},
 }
@@ -55,12 +58,12 @@ DEGRADATIONS = {"scan": degrade_scan,
                 "em": lambda hr, rng: crappify("em_AG_D_sameas_preprint", hr, 4, rng)}
 
 
-def make_data(work: Path) -> Path:
+def make_data(work: Path, isbi: Path = ISBI) -> Path:
     """Source tree and test sets under WORK/data (kept between runs)."""
     data = work / "data"
     if (data / "done").exists():
         return data
-    vol = tifffile.imread(ISBI)
+    vol = tifffile.imread(isbi)
     for split, part in (("train", vol[:20]), ("valid", vol[20:24])):
         (data / "src/em" / split).mkdir(parents=True, exist_ok=True)
         tifffile.imwrite(data / "src/em" / split / f"isbi_{split}.tif", part, imagej=True,
@@ -108,15 +111,16 @@ def score(data: Path, out: Path, model: str) -> list:
     return rows
 
 
-def main(variants: str = "quick", minutes: float = 20, work: str = "bench/out/quality") -> None:
-    if not ISBI.is_file():
-        fail(ISBI, "real EM volume not found (../shared/data/em_isbi2012)")
+def main(variants: str = "quick", minutes: float = 20, work: str = "bench/out/quality", isbi: str = str(ISBI)) -> None:
+    """Run each variant of quick.sh and score it; --isbi points at the volume where ../shared is elsewhere."""
+    if not Path(isbi).is_file():
+        fail(isbi, "real EM volume not found (../shared/data/em_isbi2012, or give --isbi)")
     names = [v for v in str(variants).replace(" ", "").split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         fail(None, f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     work = Path(work).resolve()
-    data = make_data(work)
+    data = make_data(work, Path(isbi))
     results = []
     for v in names:
         out = work / v

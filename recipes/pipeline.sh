@@ -12,7 +12,8 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"   # for python -m utils.tes
 : "${OUT:=runs/$NAME}"
 : "${ONLY:=}"
 : "${SEED:=0}"
-: "${PRETRAIN=--pretrain}"   # ImageNet encoder weights (torchvision's file in the torch hub cache)
+: "${PRETRAIN=}"              # --pretrain: ImageNet encoder weights (torchvision's file in the torch hub cache)
+: "${GPUS:=1}"                # training processes (the paper: 2 GPUs, batch BS per GPU)
 : "${ARCH:=resnet34}"
 : "${TEST_SPLIT:=}"           # only test images inside a folder of this name (e.g. valid); empty: all
 : "${INFER=}"                  # image_gen options; default: tiles of the model's training size
@@ -30,12 +31,19 @@ $PY "$ROOT/tile_from_info.py" --out "$OUT/datasets" --info "$INFO" --tile "$TILE
     --n_valid "$N_VALID" --crap_func "$CRAP_FUNC" --n_frames "$N_FRAMES" --lr_type "$LR_TYPE" $only \
     --seed "$SEED" --clean
 echo "== $NAME: step 3, training"
+n_gpu=$($PY -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+if [ "$GPUS" -gt 1 ] && [ "$n_gpu" -lt "$GPUS" ]; then
+    echo "note: the paper trained on $GPUS GPUs (batch per GPU as set); this machine has $n_gpu, so one process" >&2
+    GPUS=1
+fi
+train_cmd=("$PY" "$ROOT/train.py")
+[ "$GPUS" -gt 1 ] && train_cmd=("$PY" -m accelerate.commands.launch --num_processes "$GPUS" "$ROOT/train.py")
 if [ -n "${SCHEDULE:-}" ]; then
     train_args=(--schedule "$SCHEDULE")
 else
     train_args=(--bs "$BS" --lr "$LR" --size "$SIZE" --tile_sz "$TILE" --cycles "$CYCLES")
 fi
-$PY "$ROOT/train.py" --datasetname "$DATASET" --data_path "$OUT/datasets" --model_dir "$MODEL_DIR" \
+"${train_cmd[@]}" --datasetname "$DATASET" --data_path "$OUT/datasets" --model_dir "$MODEL_DIR" \
     --save_name "$NAME" --lr_type "$LR_TYPE" --n_frames "$N_FRAMES" --arch "$ARCH" --seed "$SEED" \
     "${train_args[@]}" $PRETRAIN $TRAIN_EXTRA --force
 model=$(ls -t "$MODEL_DIR"/"${LR_TYPE}_${N_FRAMES}_${NAME}"_e*.json | grep -v _best_ | head -1)

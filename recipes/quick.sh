@@ -53,7 +53,8 @@ echo "== quick: step 2, $N_TRAIN + $N_VALID HR tiles of $TILE px" >&2
 echo "== quick: step 3, $EPOCHS epochs of $CRAP_FUNC pairs (fresh: $FRESH, strength $STRENGTH) on $DEVICE" >&2
 "$PY" "$ROOT/train.py" --datasetname "$DATASET" --data_path "$WORK/datasets" --model_dir "$WORK/models" \
     --save_name "$NAME" --lr_type "$LR_TYPE" --n_frames "$N_FRAMES" --arch "$ARCH" $NET --size "$TILE" \
-    --tile_sz "$TILE" --bs "$BS" --cycles "$EPOCHS" --lr "$LR" $LOSS "${FLY_ARGS[@]}" --seed "$SEED" $TRAIN_EXTRA \
+    --tile_sz "$TILE" --bs "$BS" --workers "$WORKERS" --cycles "$EPOCHS" --lr_start "$LR" --lr "$LR" $LOSS \
+    "${FLY_ARGS[@]}" --seed "$SEED" $TRAIN_EXTRA \
     --force >&2
 echo "== quick: done in $(( $(date +%s) - START )) s" >&2
 echo "${LR_TYPE}_${N_FRAMES}_${NAME}_e${EPOCHS}"

@@ -1,10 +1,12 @@
-"""A minimal ZISRAW (.czi) writer, so tests can read real CZI files through czifile (read-only).
+"""CZI files for tests, read back through pylibCZIrw (libCZI) as the pipeline reads them.
 
-Writes: file header segment, one uncompressed subblock per (frame, tile), the subblock
-directory, and a metadata segment whose XML carries the pixel size (Scaling/Distance, metres).
-Layout per the ZISRAW spec as czifile parses it: every segment is a 32-byte header
-(16-byte id, allocated size, used size) then its data; a subblock's pixels follow its
-directory entry padded to 256 bytes.
+`write_czi` is a minimal ZISRAW writer: file header segment, one uncompressed subblock per
+(frame, tile), the subblock directory, and a metadata segment whose XML carries the pixel size
+(Scaling/Distance, metres). Every segment is a 32-byte header (16-byte id, allocated size, used
+size) then its data; a subblock's pixels follow its directory entry padded to 256 bytes. Being
+hand-written it can also write what ZEN writes and libCZI's writer cannot: an H axis (Airyscan raw
+detector elements) or several scenes.
+`write_czi_zstd` writes through pylibCZIrw's writer with zstd-compressed subblocks, as current ZEN does.
 """
 import struct
 import uuid
@@ -41,9 +43,9 @@ def _metadata_xml(pixel_size_um: Optional[float], shape: dict) -> bytes:
 
 def write_czi(path: Path, data: np.ndarray, axes: str = "YX", pixel_size_um: Optional[float] = None,
               tile: Optional[int] = None) -> Path:
-    """Write `data` (axes from C, Z, T, then YX) as a CZI; `tile` splits each frame into
+    """Write `data` (axes from C, Z, T, H, S, then YX) as a CZI; `tile` splits each frame into
     tile x tile subblocks (a mosaic), as microscopes write large scans."""
-    assert axes.endswith("YX") and set(axes[:-2]) <= set("CZT"), axes
+    assert axes.endswith("YX") and set(axes[:-2]) <= set("CZTHS"), axes
     data = np.asarray(data)
     lead = axes[:-2]
     ny, nx = data.shape[-2:]
@@ -70,4 +72,25 @@ def write_czi(path: Path, data: np.ndarray, axes: str = "YX", pixel_size_um: Opt
     guid = uuid.UUID(int=0x5053_5352).bytes  # fixed, so files are reproducible
     head = struct.pack("<iiii16s16siqqiq", 1, 0, 0, 0, guid, guid, 0, directory_pos, metadata_pos, 0, 0)
     Path(path).write_bytes(_segment("ZISRAWFILE", head, 512) + b"".join(blocks) + directory + metadata)
+    return Path(path)
+
+
+def write_czi_zstd(path: Path, data: np.ndarray, axes: str = "YX", pixel_size_um: Optional[float] = None,
+                   tile: Optional[int] = None) -> Path:
+    """As `write_czi` (axes from C, Z, T), with zstd-compressed subblocks written by libCZI."""
+    from pylibCZIrw import czi as pyczi
+    assert axes.endswith("YX") and set(axes[:-2]) <= set("CZT"), axes
+    data = np.asarray(data)
+    ny, nx = data.shape[-2:]
+    step = tile or max(ny, nx)
+    Path(path).unlink(missing_ok=True)
+    with pyczi.create_czi(str(path), compression_options="zstd1:ExplicitLevel=1;PreProcess=HiLoByteUnpack") as czi:
+        for idx in np.ndindex(*data.shape[:-2]):
+            plane = {a: int(i) for a, i in zip(axes[:-2], idx)}
+            for y0 in range(0, ny, step):
+                for x0 in range(0, nx, step):
+                    czi.write(np.ascontiguousarray(data[idx][y0:y0 + step, x0:x0 + step]), location=(x0, y0),
+                              plane=plane)
+        m = (pixel_size_um or 0.0) * 1e-6  # libCZI writes the value as given; CZI stores metres
+        czi.write_metadata(scale_x=m, scale_y=m)
     return Path(path)

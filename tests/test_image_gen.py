@@ -105,6 +105,94 @@ def test_cli_error_is_one_line_exit_2(tmp_path):
 def test_default_tiles_are_the_models_training_crop(models, src, tmp_path, monkeypatch, opts, tile, overlap):
     """The toy model was trained (its .json says) on 128-px HR crops: 32-px LR tiles by default."""
     seen = []
-    monkeypatch.setattr(image_gen, "restore_file", lambda *a, **k: seen.append(a[9:11]))
+    monkeypatch.setattr(image_gen, "restore_file", lambda src, dest, predict, spec, **k: seen.append(spec))
     image_gen.main(str(src), str(tmp_path / "out"), models="toy", model_dir=str(models), **opts)
-    assert seen and all(s == (tile, overlap) for s in seen)
+    assert seen and all((s.tile, s.overlap, s.seam) == (tile, overlap, "blur") for s in seen)  # the paper's seams
+
+
+# --------------------------------------------------------------------------- pixel size (issue 8)
+
+@pytest.fixture(scope="module")
+def model_2nm(tmp_path_factory) -> Path:
+    """A fast toy model whose .json records its training HR pixel size, 2 nm (so its input is 8 nm)."""
+    d = tmp_path_factory.mktemp("models_px")
+    meta = make_meta(arch="resnet18", lr_space=True, encoder_stride=16, hr_pixel_size=0.002)
+    save_model(build_model(meta), meta, "px", d)
+    return d
+
+
+@pytest.mark.parametrize("px", [0.016, 0.010, 0.004])  # x2 and x1.25 up (bilinear), x0.5 down (antialiased)
+def test_resampled_source_reads_bands_as_the_whole_frame(tmp_path, px):
+    import torch
+    import torch.nn.functional as F
+    from utils.resample import resample_source
+    from utils.sources import open_source
+    img = smooth_image((45, 38))
+    with open_source(write_stack(tmp_path / "a.tif", img, "YX", px)) as s:
+        r = resample_source(s, 0.008)
+        assert (r.ny, r.nx) == (round(45 * px / 0.008), round(38 * px / 0.008))
+        assert r.pixel_size == pytest.approx(px * 38 / r.nx)
+        whole = r.read()
+        cuts = [0, 7, 8, r.ny * 2 // 3, r.ny]
+        bands = np.concatenate([r.read(box=(a, 0, b - a, r.nx)) for a, b in zip(cuts, cuts[1:])])
+        assert np.array_equal(bands, whole) and np.array_equal(r.read(box=(3, 5, 9, 11)), whole[3:12, 5:16])
+        ref = F.interpolate(torch.from_numpy(img.astype(np.float32))[None, None], size=(r.ny, r.nx),
+                            mode="bilinear", align_corners=False, antialias=px < 0.008)[0, 0].numpy()
+        assert np.abs(whole - ref).max() < 1e-5 * img.max()  # torch: bilinear, antialiased bilinear
+        assert np.array_equal(r.sample(), s.sample())  # statistics from the file's own pixels
+
+
+def test_input_at_twice_the_models_pixel_size_is_upsampled_first(model_2nm, tmp_path, capsys):
+    """16 nm pixels for a model trained on 8 nm inputs: restored as the bilinear x2 upsampling would be,
+    into 2 nm output pixels, recorded in the TIFF and the OME-Zarr."""
+    import json
+    import torch
+    import torch.nn.functional as F
+    from utils.model import load_model
+    from utils.norm import normalize
+    from utils.restore import Predictor
+    img = smooth_image((32, 40))
+    write_stack(tmp_path / "src" / "em.tif", img, "YX", 0.016)
+    image_gen.main(tmp_path / "src", tmp_path / "out", models="px", model_dir=model_2nm, whole=True)
+    assert "em.tif: pixel size 16 nm -> 8 nm, the model's training input (32x40 -> 64x80 px, bilinear)" \
+        in capsys.readouterr().out
+    out = tmp_path / "out" / "px" / "em_px.tif"
+    with tifffile.TiffFile(out) as t:
+        got = t.asarray()
+        res = t.pages[0].tags["XResolution"].value
+        note = json.loads(t.imagej_metadata["Info"].removeprefix("pssr: "))
+    assert got.shape == (256, 320) and res[1] / res[0] == pytest.approx(0.002, rel=1e-4)
+    assert note["source_pixel_size_um"] == pytest.approx(0.016) and note["resampled_shape_yx"] == [64, 80]
+    model, meta = load_model("px", model_2nm)
+    lo, hi = np.percentile(img, (meta["norm"]["lo"], meta["norm"]["hi"]))
+    up = F.interpolate(torch.from_numpy(img.astype(np.float32))[None, None], scale_factor=2, mode="bilinear",
+                       align_corners=False)[0].numpy()
+    expected = Predictor(model, 4)(normalize(up, lo, hi)[None])[0]
+    assert np.abs(got - expected).max() < 1e-4
+    image_gen.main(tmp_path / "src", tmp_path / "out_z", models="px", model_dir=model_2nm, whole=True,
+                   out_format="ome-zarr")
+    import zarr
+    attrs = zarr.open_group(str(tmp_path / "out_z" / "px" / "em_px.ome.zarr"), mode="r").attrs
+    assert attrs["pssr"]["resampled_pixel_size_um"] == pytest.approx(0.008)
+    scale = attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+    assert scale == pytest.approx([0.002, 0.002])
+
+
+def test_pixel_size_option_overrides_the_file_and_unknown_sizes_do_nothing(model_2nm, tmp_path, capsys):
+    write_stack(tmp_path / "src" / "em.tif", smooth_image((32, 40)), "YX", 0.008)
+    image_gen.main(tmp_path / "src", tmp_path / "a", models="px", model_dir=model_2nm, whole=True,
+                   pixel_size=0.016, baselines=True)
+    assert capsys.readouterr().out.count("pixel size 16 nm -> 8 nm") == 3  # the model and both baselines
+    for name in ("px", "LR-bilinear"):
+        with tifffile.TiffFile(tmp_path / "a" / name / f"em_{name}.tif") as t:
+            assert t.series[0].shape == (256, 320)
+    image_gen.main(tmp_path / "src", tmp_path / "b", baselines=True, pixel_size=0.016)  # no model: no size
+    assert "pixel size" not in capsys.readouterr().out
+    with tifffile.TiffFile(tmp_path / "b" / "LR-bilinear" / "em_LR-bilinear.tif") as t:
+        assert t.series[0].shape == (128, 160) and "Info" not in (t.imagej_metadata or {})
+        res = t.pages[0].tags["XResolution"].value
+        assert res[1] / res[0] == pytest.approx(0.004, rel=1e-4)  # the option's 16 nm / 4
+    with pytest.raises(PSSRError, match="--pixel_size -1"):
+        image_gen.main(tmp_path / "src", tmp_path / "c", baselines=True, pixel_size=-1)
+    with pytest.raises(PSSRError, match="--out_format png: choose one of tif, ome-zarr"):
+        image_gen.main(tmp_path / "src", tmp_path / "c", baselines=True, out_format="png")

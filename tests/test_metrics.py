@@ -8,8 +8,9 @@ import pytest
 
 import utils  # noqa: F401
 from utils.errors import PSSRError
+from utils.evaluate import estimate_shift
 from utils.metrics import (checkerboard_split, frc_resolution, norm_minmse, psnr, slice_metrics, snr, ssim,
-                           find_background)
+                           find_background, squirrel)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from restore_helpers import smooth_image, write_stack  # noqa: E402
@@ -154,4 +155,123 @@ def test_two_acquisition_frc_and_given_background(tmp_path):
     m, b = df[df.method == "m"], df[df.method == "LR-bilinear"]
     assert (m.frc_px < 4).all()  # two acquisitions resolve below the split method's 4-px floor
     assert (b.frc_px >= 4).all() and np.allclose(m.frc_um, m.frc_px * 0.02)
+    assert (m.frc_from == "two acquisitions").all() and (b.frc_from == "split").all()  # the fallback is labelled
     assert np.isfinite(df.snr).all()
+
+
+# --- NanoJ-SQUIRREL RSE/RSP, registration, unmatched restorations (issues 8 and 9) ---
+
+ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "em_isbi2012" / "isbi2012_train.tif"
+
+
+def test_squirrel_identical_rescaled_and_blurred(img):
+    from scipy.ndimage import gaussian_filter
+    for sigma in ("fit", 0):
+        q = squirrel(img, img, sigma)
+        assert q.rse == pytest.approx(0, abs=1e-6) and q.rsp == pytest.approx(1, abs=1e-9) and q.sigma == 0
+    noisy = img + np.random.default_rng(3).normal(0, 0.02, img.shape).astype(np.float32)
+    for sigma in ("fit", 1.5):
+        a, b = squirrel(img, noisy, sigma), squirrel(img, -40 + 7.5 * noisy, sigma)  # a linear intensity change
+        assert b.rse == pytest.approx(a.rse, rel=1e-5) and b.rsp == pytest.approx(a.rsp, rel=1e-6)
+        assert b.sigma == pytest.approx(a.sigma, abs=1e-3) and 0 < a.rse < 0.1 and 0.5 < a.rsp < 1
+    assert a.error_map.dtype == np.float32 and a.error_map.shape == img.shape
+    assert np.sqrt(np.mean(a.error_map.astype(np.float64) ** 2)) == pytest.approx(a.rse, rel=1e-4)
+    fitted = squirrel(img, noisy)  # the fitted RSF smooths a restoration's noise ...
+    assert fitted.sigma > 0.3 and fitted.rse < 0.9 * squirrel(img, noisy, 0).rse
+    blurred = squirrel(img, gaussian_filter(img, 2.0))  # ... but cannot give a blurry one back its detail
+    assert blurred.sigma < 0.1 and blurred.rse > 0.01
+
+
+def _shifted_tree(tmp_path, shift=(3.4, -2.2)):
+    """GT/s.tif (2 frames) and PRED/{m,LR-bilinear}/s_<method>.tif, and the same restorations of a field
+    moved by `shift` (sub-pixel, cut from a larger moved image: no wrap-around) in MOVED/."""
+    from scipy.ndimage import fourier_shift, gaussian_filter
+    rng = np.random.default_rng(7)
+    big = np.stack([smooth_image((192, 192), i) for i in range(2)]).astype(np.float32)
+    good = big + rng.normal(0, 40, big.shape).astype(np.float32)
+    worse = np.stack([gaussian_filter(g, 2) for g in big]) + rng.normal(0, 80, big.shape).astype(np.float32)
+    def cut(a):
+        return a[:, 32:160, 32:160]
+    def move(a):
+        return cut(np.stack([np.fft.ifft2(fourier_shift(np.fft.fft2(f), shift)).real for f in a]).astype(np.float32))
+    write_stack(tmp_path / "gt/s.tif", cut(big).astype(np.uint16), "TYX", 0.02)
+    for sub, f in (("pred", cut), ("moved", move)):
+        write_stack(tmp_path / f"{sub}/m/s_m.tif", f(good), "TYX", 0.02)
+        write_stack(tmp_path / f"{sub}/LR-bilinear/s_LR-bilinear.tif", f(worse), "TYX", 0.02)
+    return tmp_path
+
+
+def test_register_finds_and_undoes_a_known_shift(tmp_path):
+    t = _shifted_tree(tmp_path)
+    run = dict(gt_dir=t / "gt", figures=False, error_maps=False, rsf_sigma=1.0)
+    metric_gen.main(pred_dir=t / "pred", out=t / "ref", **run)
+    metric_gen.main(pred_dir=t / "moved", out=t / "raw", **run)
+    metric_gen.main(pred_dir=t / "moved", out=t / "reg", register=True, **run)
+    ref, raw, reg = (pd.read_csv(t / f"{d}/metrics_per_slice.csv").query("method != 'HR'").set_index(["method", "t"])
+                     for d in ("ref", "raw", "reg"))
+    np.testing.assert_allclose(reg.shift_y, -3.4, atol=0.11)  # the shift that moves it back (1/20 px steps)
+    np.testing.assert_allclose(reg.shift_x, 2.2, atol=0.11)
+    assert reg.roi.nunique() == 1 and reg.roi.iloc[0] == "0,4,123,124"  # one region for every method
+    np.testing.assert_allclose(reg.psnr, ref.psnr, atol=0.15)  # as good as the pair that was never moved
+    np.testing.assert_allclose(reg.ssim, ref.ssim, atol=0.01)
+    np.testing.assert_allclose(reg.rse, ref.rse, rtol=0.05)
+    np.testing.assert_allclose(reg.rsp, ref.rsp, atol=0.005)
+    assert (raw.psnr < ref.psnr - 3).all()  # and unregistered the shift ruins every score
+
+
+@pytest.mark.skipif(not ISBI.is_file(), reason="../shared/data/em_isbi2012 not available")
+def test_register_on_real_em_restored_by_bilinear():
+    """A real ssTEM slice moved, crappified with the paper's EM crappifier and upsampled bilinearly."""
+    import tifffile
+    import torch
+    import torch.nn.functional as F
+    from scipy.ndimage import fourier_shift
+    from utils.crappifiers import crappify
+    hr = tifffile.imread(ISBI, key=24).astype(np.float32) / 255
+    moved = np.fft.ifft2(fourier_shift(np.fft.fft2(hr), (2.3, -1.6))).real.astype(np.float32)
+    lr = crappify("em_AG_D_sameas_preprint", moved, 4, np.random.default_rng(0))
+    up = F.interpolate(torch.from_numpy(lr)[None, None], scale_factor=4, mode="bilinear", align_corners=False)
+    assert estimate_shift(hr, up[0, 0].numpy()) == pytest.approx((-2.3, 1.6), abs=0.1)
+
+
+def test_error_maps_written_float32_and_guarded(tmp_path):
+    t = _tree(tmp_path)
+    metric_gen.main(pred_dir=t / "pred", gt_dir=t / "gt", lr_dir=t / "lr", out=t / "stats")
+    df = pd.read_csv(t / "stats/metrics_per_slice.csv")
+    assert {"rse", "rsp", "rsf_sigma"} <= set(df.columns) and df[df.method == "HR"].rse.isna().all()
+    s = pd.read_csv(t / "stats/metrics_summary.csv").set_index("method")
+    assert s.loc["m", "rse_mean"] < s.loc["LR-bilinear", "rse_mean"] and s.loc["m", "rsp_mean"] > 0.9
+    assert {"rse_p", "rsp_p", "rsf_sigma_mean"} <= set(s.columns)
+    import tifffile
+    for m in ("m", "LR-bilinear"):
+        with tifffile.TiffFile(t / f"stats/metrics_error_maps/a/{m}/s_{m}_error.tif") as f:
+            emap = f.asarray()
+            assert f.series[0].dtype == np.float32 and emap.shape == (4, 128, 128)
+        rse = df[df.method == m].sort_values("t").rse.to_numpy()
+        np.testing.assert_allclose(np.sqrt((emap.astype(np.float64) ** 2).mean(axis=(1, 2))), rse, rtol=1e-4)
+    assert (t / "stats/metrics_errors_s.png").stat().st_size > 0
+    (t / "stats/metrics_per_slice.csv").unlink()
+    (t / "stats/metrics_summary.csv").unlink()
+    with pytest.raises(PSSRError, match="metrics_error_maps.*--force"):  # the maps alone are not overwritten
+        metric_gen.main(pred_dir=t / "pred", gt_dir=t / "gt", out=t / "stats", figures=False)
+    with pytest.raises(PSSRError, match="rsf_sigma"):
+        metric_gen.main(pred_dir=t / "pred", gt_dir=t / "gt", out=t / "o2", rsf_sigma="wide")
+
+
+def test_restoration_without_ground_truth_warns_on_one_line(tmp_path, capsys):
+    t = _tree(tmp_path)
+    write_stack(t / "pred/a/m/orphan_m.tif", smooth_image((128, 128), 9), "YX", 0.02)
+    for again in (False, True):  # results inside PRED: its own error maps are not restorations
+        metric_gen.main(pred_dir=t / "pred", gt_dir=t / "gt", out=t / "pred/stats", figures=False, force=again)
+        warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning")]
+        assert len(warnings) == 1 and "orphan_m.tif" in warnings[0] and "not scored" in warnings[0]
+    assert set(pd.read_csv(t / "pred/stats/metrics_per_slice.csv").method) == {"HR", "m", "LR-bilinear"}
+
+
+def test_nan_in_second_acquisition_names_it(tmp_path):
+    t = _tree(tmp_path)
+    bad = np.stack([smooth_image((128, 128), i) for i in range(4)]).astype(np.float32)
+    bad[1, 5, 5] = np.nan
+    write_stack(t / "pair/a/m/s_m.tif", bad, "TYX", 0.02)
+    with pytest.raises(PSSRError, match=r"pair/a/m/s_m\.tif.*NaN"):
+        metric_gen.main(pred_dir=t / "pred", gt_dir=t / "gt", pair_dir=t / "pair", out=t / "o", figures=False)

@@ -14,8 +14,9 @@ from utils.model import build_model, find_weights, load_model, make_meta, save_m
 @pytest.mark.parametrize("lr_space", [False, True])
 @pytest.mark.parametrize("n_frames", [1, 5])
 def test_shapes_and_bilinear_start(n_frames, lr_space):
-    """(B, n, h, w) -> (B, 1, 4h, 4w); the zeroed output layer makes an untrained model exactly bilinear."""
-    model = build_model(dict(arch="resnet18", n_frames=n_frames, lr_space=lr_space)).eval()
+    """(B, n, h, w) -> (B, 1, 4h, 4w); with the residual skip (opt-in; lr_space always) the zeroed output
+    layer makes an untrained model exactly bilinear."""
+    model = build_model(dict(arch="resnet18", n_frames=n_frames, lr_space=lr_space, residual=True)).eval()
     x = torch.rand(2, n_frames, 32, 32)
     with torch.no_grad():
         y = model(x)
@@ -24,6 +25,15 @@ def test_shapes_and_bilinear_start(n_frames, lr_space):
     bilinear = F.interpolate(x[:, c:c + 1], scale_factor=4, mode="bilinear", align_corners=False)
     assert torch.allclose(y, bilinear, atol=1e-6)
     assert model.unet.layers[0][0].in_channels == n_frames
+
+
+def test_paper_network_is_the_default():
+    """No residual skip and no zeroed output layer unless asked: the paper's (and the original's) network."""
+    model = build_model(dict(arch="resnet18")).eval()
+    assert not model.residual
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(model(x), F.interpolate(x, scale_factor=4, mode="bilinear"), atol=1e-3)
 
 
 def test_lr_space_runs_unet_at_lr_resolution():

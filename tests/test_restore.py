@@ -11,7 +11,7 @@ import tifffile
 import utils  # noqa: F401
 from utils.errors import PSSRError
 from utils.norm import normalize
-from utils.restore import (Predictor, frame_windows, plan_frames, restore_file, restore_frame, tile_starts,
+from utils.restore import (Predictor, RestoreSpec, frame_windows, plan_frames, restore_file, restore_frame, tile_starts,
                            write_tif_stream)
 from utils.sources import open_source
 
@@ -52,7 +52,7 @@ def test_multiframe_output_frame_count(tmp_path, drop, expect):
     src_path = _timelapse(tmp_path)
     pred = Predictor(ConvSR(4, 5), 4, multiple=1)
     with open_source(src_path, live=True) as src:
-        shape = restore_file(src, tmp_path / "out.tif", pred, 4, 5, "t", drop_edges=drop, dtype="uint8")
+        shape = restore_file(src, tmp_path / "out.tif", pred, RestoreSpec(4, 5, "t", drop_edges=drop, dtype="uint8"))
     with tifffile.TiffFile(tmp_path / "out.tif") as t:
         assert t.series[0].axes == ("TYX" if expect > 1 else "YX") and t.series[0].shape == (expect, 192, 192)
     assert shape == (expect, 192, 192)
@@ -63,7 +63,7 @@ def test_multiframe_window_sees_neighbour_frames(tmp_path):
     src_path = _timelapse(tmp_path, nt=5)
     pred = Predictor(ConvSR(4, 5), 4, multiple=1)
     with open_source(src_path, live=True) as src:
-        restore_file(src, tmp_path / "a.tif", pred, 4, 5, "t")
+        restore_file(src, tmp_path / "a.tif", pred, RestoreSpec(4, 5, "t"))
         single = np.concatenate(list(restore_frame(
             lambda y0, h: np.stack([normalize(src.read(0, 0, 0, box=(y0, 0, h, src.nx)), *np.percentile(
                 src.read(0, 0, 0), (2, 99.99)))] * 5), src.ny, src.nx, pred, 4)))
@@ -132,7 +132,7 @@ def test_output_metadata_dtype_and_pixel_size(tmp_path):
     for dtype in ("float32", "uint16", "uint8"):
         dest = tmp_path / f"out_{dtype}.tif"
         with open_source(src_path) as src:
-            restore_file(src, dest, Predictor(ConvSR(), 4, multiple=1), 4, dtype=dtype, tile=16, overlap=4)
+            restore_file(src, dest, Predictor(ConvSR(), 4, multiple=1), RestoreSpec(dtype=dtype, tile=16, overlap=4))
         with tifffile.TiffFile(dest) as t:
             assert t.is_imagej and t.series[0].axes == "ZYX" and t.series[0].shape == (3, 160, 144)
             assert t.series[0].dtype == np.dtype(dtype)
@@ -165,7 +165,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
     import sys, numpy as np, tifffile
     sys.path.insert(0, sys.argv[3])
     import utils
-    from utils.restore import Predictor, Upsampler, restore_file
+    from utils.restore import Predictor, RestoreSpec, Upsampler, restore_file
     from utils.sources import open_source
 
     def peak_rss():  # VmHWM restarts at exec; ru_maxrss would carry pytest's peak over
@@ -176,7 +176,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
     src_path, dest = sys.argv[1], sys.argv[2]
     with open_source(src_path) as src:
         base = peak_rss()
-        restore_file(src, dest, Predictor(Upsampler(4), 4, multiple=1), 4, tile=128, overlap=8)
+        restore_file(src, dest, Predictor(Upsampler(4), 4, multiple=1), RestoreSpec(tile=128, overlap=8))
     print(base, peak_rss())
 """)
 
@@ -221,7 +221,7 @@ def test_multiframe_window_is_normalized_as_its_training_stack(tmp_path):
         return np.zeros((len(batch), batch.shape[-2] * 4, batch.shape[-1] * 4), np.float32)
 
     with open_source(tmp_path / "src" / "live" / "train" / "m.tif", live=True) as src:
-        restore_file(src, tmp_path / "out.tif", spy, 4, 5, "t")
+        restore_file(src, tmp_path / "out.tif", spy, RestoreSpec(4, 5, "t"))
     for _, r in tiles[tiles.dsplit == "train"].iterrows():
         stack = np.load(next((tmp_path / "ds" / "t_5_m_hr").rglob(f"{int(r.id):06d}_*.npy")))
         window = seen["windows"][int(r.t)][:, r.y0:r.y0 + 32, r.x0:r.x0 + 32]

@@ -260,3 +260,85 @@ def test_box_and_subsample_reads_match_the_pixels(tmp_path, kind):
         assert np.array_equal(s.read(0, 2, 1), data[1, 2])
         assert np.array_equal(s.read(0, 1, 1, (7, 33, 40, 50)), data[1, 1, 7:47, 33:83])
         assert np.array_equal(s.read(0, 0, 1, (5, 6, 80, 100), step=3), data[1, 0, 5:85:3, 6:106:3])
+
+
+def _stamps(root):
+    return {p.relative_to(root): (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("kind", ["single", "multi_frame_hr_only"])
+def test_resume_finishes_the_plan_byte_identical(sample_info, tmp_path, kind):
+    """Interrupted data set (no dataset.json / tiles CSV, tiles missing, one cut short, a killed run's temporary):
+    --resume rewrites only what is missing or broken and ends byte-identical to an uninterrupted run."""
+    import shutil
+    import subprocess
+    args = (sample_info, [64], 6, 2)
+    kw = dict(crap_func="new_crap_AG_SP", seed=5) if kind == "single" else \
+        dict(crap_func=None, n_frames=5, lr_type="t", only=["fluo_live"], seed=5)
+    make_dataset(tmp_path / "full", *args, **kw)
+    name = "s_1_sample_new_crap_AG_SP" if kind == "single" else "t_5_sample_hr"
+    full, part = tmp_path / "full" / name, tmp_path / "part" / name
+    shutil.copytree(full, part)
+    (part / "dataset.json").unlink()
+    next(part.glob("tiles*.csv")).unlink()
+    tiles = sorted(p for p in part.rglob("*") if p.suffix in (".tif", ".npy"))
+    for p in tiles[1:4]:
+        p.unlink()
+    tiles[5].write_bytes(tiles[5].read_bytes()[:-50])  # cut short: redone with a warning
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tiles[1].parent / f".{tiles[1].name}.{dead.pid}.tmp"
+    stale.write_bytes(b"half")
+    touched = {p.stem for p in tiles[1:4] + tiles[5:6]}  # a tile is its HR and LR files: both are redone
+    kept = {k: v for k, v in _stamps(part).items() if k.stem not in touched and k.name[0] != "."}
+    assert len(kept) >= 4
+    with pytest.raises(PSSRError, match="incomplete data set.*--resume.*--clean"):
+        make_dataset(tmp_path / "part", *args, **kw)
+    with pytest.raises(PSSRError, match="not both"):
+        make_dataset(tmp_path / "part", *args, **kw, resume=True, clean=True)
+    make_dataset(tmp_path / "part", *args, **kw, resume=True, workers=1 if kind == "single" else 2)
+    assert _files(part) == _files(full)
+    after = _stamps(part)
+    assert all(after[k] == v for k, v in kept.items())  # not rewritten
+    assert not stale.exists()
+    with pytest.raises(PSSRError, match="complete.*nothing to resume"):
+        make_dataset(tmp_path / "part", *args, **kw, resume=True)
+
+
+def test_resume_refuses_a_data_set_of_other_options(sample_info, tmp_path):
+    args = (tmp_path, sample_info, [64], 6, 2, "no_crap")
+    make_dataset(*args, seed=1)
+    root = tmp_path / "s_1_sample_no_crap"
+    (root / "dataset.json").unlink()
+    before = _files(root)
+    with pytest.raises(PSSRError, match="(other pixels|not a file of this command's plan).*--resume.*--clean") as e:
+        make_dataset(*args, seed=2, resume=True)
+    assert "\n" not in str(e.value) and str(root) in str(e.value)
+    assert _files(root) == before
+
+
+def test_resume_after_sigkill_via_cli(sample_info, tmp_path):
+    """A real SIGKILL mid-run, then the same command with --resume: the same bytes as an uninterrupted run."""
+    import signal
+    import subprocess
+    import time
+    from conftest import ROOT
+    cmd = [sys.executable, "tile_from_info.py", "--info", sample_info, "--tile", "64", "--n_train", "150",
+           "--n_valid", "10", "--crap_func", "new_crap_AG_SP", "--seed", "7"]
+    root = tmp_path / "part" / "s_1_sample_new_crap_AG_SP"
+    proc = subprocess.Popen(cmd + ["--out", tmp_path / "part"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(root.rglob("*.tif"))) < 20 and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (root / "dataset.json").exists(), "finished before the kill: raise --n_train"
+    r = run_script(*cmd[1:], "--out", tmp_path / "part")
+    assert r.returncode == 2 and "--resume" in r.stderr and r.stderr.strip().count("\n") == 0
+    r = run_script(*cmd[1:], "--out", tmp_path / "part", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert not list(root.rglob(".*.tmp"))
+    r = run_script(*cmd[1:], "--out", tmp_path / "full")
+    assert r.returncode == 0, r.stderr
+    assert _files(root) == _files(tmp_path / "full" / root.name)

@@ -22,7 +22,7 @@ import utils.training as training
 from utils.data import find_dataset, make_dls
 from utils.errors import PSSRError
 from utils.model import build_model, load_model
-from utils.training import read_schedule, sr_metrics, unet_splitter
+from utils.training import lr_arg, read_schedule, sr_metrics, unet_splitter
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fixtures_train import make_dataset  # noqa: E402
@@ -100,8 +100,9 @@ def test_refuses_to_overwrite(data, trained):
 
 
 def test_discriminative_rates_and_frozen_encoder(data):
-    """slice(lo, hi) gives the encoder group the low rate and the decoder the high one; freeze() stops
-    the encoder's weights (BatchNorm stays trainable, as in fastai)."""
+    """Three layer groups (the original's): a range [lo, hi] is spaced linearly from the encoder's first half
+    to the decoder (paper, Methods), a plain rate is the original's slice(lr); freeze() stops the encoder's
+    weights (BatchNorm stays trainable, as in fastai)."""
     spec = find_dataset(data, NAME, "s", 64, 1, 32)
     model = build_model(dict(arch="resnet18", self_attention=False))
     learn = Learner(make_dls(spec, 1, 32, 4), model, metrics=sr_metrics(), splitter=unet_splitter,
@@ -115,9 +116,12 @@ def test_discriminative_rates_and_frozen_encoder(data):
     learn.freeze()
     enc_w = model.unet.layers[0][0].weight.clone()
     spy = Spy()
-    learn.fit_one_cycle(1, slice(1e-5, 1e-3), cbs=spy)
-    assert len(spy.lrs) == 2 and spy.lrs[0] < spy.lrs[1] / 10
+    learn.fit_one_cycle(1, lr_arg([1e-5, 1e-3]), cbs=spy)
+    top = spy.lrs[2]  # one-cycle's warm-up scales every group alike
+    assert spy.lrs == pytest.approx([top / 100, top * 0.505, top])
     assert torch.equal(model.unet.layers[0][0].weight, enc_w)
+    learn.fit_one_cycle(1, lr_arg(1e-3), cbs=spy)
+    assert spy.lrs == pytest.approx([spy.lrs[2] / 10, spy.lrs[2] / 10, spy.lrs[2]])
     assert not model.unet.layers[0][0].weight.requires_grad
     learn.unfreeze()
     assert model.unet.layers[0][0].weight.requires_grad
@@ -149,6 +153,23 @@ def test_schedule_rounds_and_stages(data, tmp_path):
     best32 = torch.load(m / "s_1_x_e3_best_32.pth", weights_only=True)
     assert all(torch.equal(starts[-1][k], v) for k, v in best32.items())  # round 2 began at round 1's best
     assert json.loads((m / "s_1_x_e3.json").read_text())["size"] == 64
+
+
+def test_schedule_round_reads_its_own_data_set(data, tmp_path):
+    """A round may name its own data set (the paper's EM rounds use tiles of their own size)."""
+    shutil.copytree(data / NAME, data / "other")
+    sched = tmp_path / "s.json"
+    rounds = [{"size": 32, "tile_sz": 64, "bs": 4, "unfrozen": {"epochs": 1, "lr": 1e-3}},
+              {"size": 64, "tile_sz": 64, "bs": 4, "unfrozen": {"epochs": 1, "lr": 1e-3}, "datasetname": "gone"}]
+    sched.write_text(json.dumps({"rounds": rounds}))
+    with pytest.raises(PSSRError, match="gone"):
+        run(data, tmp_path / "m", schedule=str(sched))
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())  # checked before writing
+    rounds[1]["datasetname"] = "other"
+    sched.write_text(json.dumps({"rounds": rounds}))
+    run(data, tmp_path / "m", schedule=str(sched))
+    plan = json.loads((tmp_path / "m" / "s_1_x_e2.json").read_text())["schedule"]
+    assert [r["datasetname"] for r in plan] == [None, "other"]
 
 
 def test_resume_after_interruption(data, tmp_path, monkeypatch):

@@ -42,10 +42,15 @@ def bool_flags_take_no_value(component: Callable, argv: list) -> list:
 
 
 def run_cli(component: Callable) -> None:
-    """`fire.Fire(component)` with `PSSRError` turned into `error: ...` and exit status 2."""
+    """`fire.Fire(component)` with `PSSRError` turned into `error: ...` and exit status 2, Ctrl-C into one line
+    and status 130 (every file is written under a temporary name first, so nothing half-written remains)."""
     import fire
     try:
         fire.Fire(component, command=bool_flags_take_no_value(component, sys.argv[1:]))
     except PSSRError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted; the files already written are complete (steps 2-4 continue with --resume)",
+              file=sys.stderr)
+        sys.exit(130)

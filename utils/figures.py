@@ -1,4 +1,5 @@
-"""The paper's figures: metric bars with SEM (Fig. 1b-c, 3c) and an LR | bilinear | PSSR | HR panel."""
+"""The paper's figures: metric bars with SEM (Fig. 1b-c, 3c), an LR | bilinear | PSSR | HR panel, and
+NanoJ-SQUIRREL error maps side by side (Supplementary Figs. 1 and 3)."""
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -10,7 +11,7 @@ import numpy as np
 from .fileio import atomic_path
 from .metrics import sem
 
-__all__ = ["bar_sem", "comparison_panel"]
+__all__ = ["bar_sem", "comparison_panel", "error_panel"]
 
 
 def _save(fig, dest: Path) -> Path:
@@ -82,4 +83,23 @@ def comparison_panel(images: Dict[str, np.ndarray], dest: Path,
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return _save(fig, dest)
+
+
+def error_panel(maps: Dict[str, np.ndarray], dest: Path, title: str = "") -> Path:
+    """One error map per method on one colour scale (so darker is better across panels), each titled
+    with its RSE, the root mean square of the map; NaN (borders cropped by registration) shows blank."""
+    names = list(maps)
+    finite = np.concatenate([np.asarray(v, np.float32)[np.isfinite(v)] for v in maps.values()])
+    vmax = float(np.percentile(finite, 99.5)) if finite.size else 1.0
+    fig, axes = plt.subplots(1, len(names), figsize=(2.8 * len(names) + 0.6, 3.0), squeeze=False)
+    for ax, k in zip(axes[0], names):
+        v = np.asarray(maps[k], np.float32)
+        im = ax.imshow(v, cmap="inferno", vmin=0, vmax=max(vmax, 1e-9), interpolation="nearest")
+        rse = float(np.sqrt(np.nanmean(v.astype(np.float64) ** 2))) if np.isfinite(v).any() else np.nan
+        ax.set_title(f"{k}\nRSE {rse:.3g}")
+        ax.axis("off")
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="|error| (GT range = 1)")
+    if title:
+        fig.suptitle(title)
     return _save(fig, dest)

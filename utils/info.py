@@ -16,14 +16,15 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
-from fastprogress.fastprogress import progress_bar
 
-from .errors import PSSRError, fail, warn_skip
+from .errors import PSSRError, fail, warn, warn_skip
 from .fileio import atomic_path
 from .norm import MAX_PCT_PIXELS, PCT_HI, PCT_LO
+from .omezarr import is_zarr
+from .progress import progress
 from .sources import Source, open_source
 
-__all__ = ["INFO_COLS", "SPLITS", "source_dirs", "frame_rows", "file_rows", "build_info", "write_info"]
+__all__ = ["INFO_COLS", "SPLITS", "source_dirs", "frame_rows", "file_rows", "build_info", "check_out", "write_info"]
 
 # The original's columns in its order (with its duplicated all_ma fixed to all_mi, all_ma),
 # then the pixel size in micrometres (blank when the file has none).
@@ -42,11 +43,7 @@ def source_dirs(sources: Sequence[Path], only: Optional[Sequence[str]] = None,
         fail(None, "give at least one source folder (SRC holding <category>/{train,valid}/)")
     cats = []
     for src in map(Path, sources):
-        if not src.is_dir():
-            fail(src, "source folder does not exist")
-        found = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not found:
-            fail(src, "source folder is empty; expected <category>/{train,valid}/ sub-folders")
+        found = _categories(src)
         cats += [p for p in found if (not only or p.name in only) and not (skip and p.name in skip)]
     if not cats:
         fail(None, f"no category left after --only/--skip in {', '.join(map(str, sources))}")
@@ -55,6 +52,24 @@ def source_dirs(sources: Sequence[Path], only: Optional[Sequence[str]] = None,
         if missing:
             fail(cat, f"category has no {' or '.join(missing)} folder (expected {cat.name}/train and {cat.name}/valid)")
     return cats
+
+
+def _categories(src: Path) -> List[Path]:
+    """The category folders of one SRC, with an error that says what SRC is when it has none."""
+    if src.is_file():
+        fail(src, "is a file; SRC must be a folder holding <category>/{train,valid}/ sub-folders")
+    if not src.is_dir():
+        fail(src, "source folder does not exist")
+    if all((src / s).is_dir() for s in SPLITS) and not (src / "train" / "train").is_dir():
+        fail(src, f"holds train/ and valid/ itself: it is a category; give its parent folder ({src.parent})")
+    entries = [p for p in src.iterdir() if not p.name.startswith(".")]
+    found = sorted(p for p in entries if p.is_dir())
+    if not found and entries:
+        fail(src, f"holds {len(entries)} file(s) but no category folders; expected "
+                  "<category>/{train,valid}/<images> (move the images into e.g. SRC/mycat/train)")
+    if not found:
+        fail(src, "source folder is empty; expected <category>/{train,valid}/ sub-folders")
+    return found
 
 
 def _channels(src: Source, channel: Union[int, str, Sequence[int]]) -> List[int]:
@@ -102,7 +117,7 @@ def file_rows(path: Path, category: str, dsplit: str, live: bool,
 def _split_files(cat: Path) -> Iterable[tuple]:
     for dsplit in SPLITS:
         for p in sorted((cat / dsplit).iterdir()):
-            if p.is_file() and not p.name.startswith("."):
+            if (p.is_file() or is_zarr(p)) and not p.name.startswith("."):
                 yield dsplit, p
 
 
@@ -111,10 +126,16 @@ def build_info(sources: Sequence[Path], only: Optional[Sequence[str]] = None, sk
     """The info table for all source folders; a bad file is warned about, skipped and counted."""
     cats = source_dirs(sources, only, skip)
     jobs = [(cat, dsplit, p) for cat in cats for dsplit, p in _split_files(cat)]
+    for cat in cats:
+        empty = [s for s in SPLITS if not any(c == cat and d == s for c, d, _ in jobs)]
+        if len(empty) == len(SPLITS) and jobs:  # none anywhere fails below
+            warn(cat, "empty category (no files in train/ or valid/); it is left out")
+        elif empty:
+            warn(cat, f"category has no files in {empty[0]}/; step 2 can draw no {empty[0]} tiles from it")
     if not jobs:
         fail(None, f"no files under {', '.join(str(c) for c in cats)}/{{train,valid}}")
     rows, bad = [], 0
-    for cat, dsplit, p in progress_bar(jobs):
+    for cat, dsplit, p in progress(jobs, label="files"):
         try:
             rows += file_rows(p, cat.name, dsplit, live=cat.parent.name == LIVE_DIR, channel=channel)
         except PSSRError as e:
@@ -127,11 +148,20 @@ def build_info(sources: Sequence[Path], only: Optional[Sequence[str]] = None, sk
     return df
 
 
+def check_out(out: Path, force: bool = False) -> None:
+    """--out must name a file, and an existing one is replaced only with `force` (checked before scanning too:
+    scanning a facility's data can take long)."""
+    out = Path(out)
+    if out.is_dir():
+        fail(out, "is a folder; --out takes the path of the CSV file to write")
+    if out.exists() and not force:
+        fail(out, "info CSV exists already; pass --force to replace it")
+
+
 def write_info(df: pd.DataFrame, out: Path, force: bool = False) -> Path:
     """Write the info CSV atomically; refuse to replace an existing one unless `force`."""
     out = Path(out)
-    if out.exists() and not force:
-        fail(out, "info CSV exists already; pass --force to replace it")
+    check_out(out, force)
     with atomic_path(out) as tmp:
         df.to_csv(tmp, index=False)
     return out

@@ -37,7 +37,7 @@ BUILD_SIZE = 64
 DEFAULT_META = dict(
     scale=4, n_frames=1, lr_type="s", tile_sz=128, size=128, arch="resnet34", lr_space=False,
     self_attention=True, blur=True, blur_final=True, last_cross=True, bottle=True, weight_norm=True,
-    residual=True, encoder_stride=32, imagenet_norm=False, pretrained=False, norm={"lo": PCT_LO, "hi": PCT_HI},
+    residual=False, encoder_stride=32, imagenet_norm=False, pretrained=False, norm={"lo": PCT_LO, "hi": PCT_HI},
     crap_func=None, datasetname=None, epochs=0, best_valid_loss=None,
 )
 
@@ -114,11 +114,11 @@ class PSSRNet(nn.Module):
     `lr_space`: the U-Net runs on the LR image (scale² fewer pixels) and learnable ICNR pixel-shuffle layers
     upsample at the end (the paper's sub-pixel convolution idea).
     `residual`: the output is added to the bilinear upsampling of the centre frame, so the U-Net learns only the
-    correction. The original returns the U-Net output directly; we add this (default on, `--noresidual` for the
-    original) because without it short trainings stay far below bilinear (32 CPU steps on the test fixture:
-    13.5 dB vs bilinear 23.1 dB). lr_space always uses it: its last_cross sees only the LR input."""
+    correction. Neither the paper nor the original does this, so it is opt-in (`train.py --residual`); it
+    helps short trainings (README, "What to expect": +0.12 dB on held-out real EM after 3 GPU epochs).
+    lr_space always uses it: its last_cross sees only the LR input."""
 
-    def __init__(self, unet: nn.Module, scale: int, lr_space: bool, imagenet_norm: bool, residual: bool = True,
+    def __init__(self, unet: nn.Module, scale: int, lr_space: bool, imagenet_norm: bool, residual: bool = False,
                  head: Optional[nn.Module] = None):
         super().__init__()
         self.unet, self.head = unet, head

@@ -10,10 +10,13 @@ Prints KEY=VALUE lines (`TILE=256` ...) that quick.sh reads, and writes nothing.
 - crappify on the fly (fresh noise each epoch, HR augmented before crappifying), with the noise strength
   drawn per tile from a range around the level of the lab's real LR images when `--lr_dir` gives some
   (scikit-image's `estimate_sigma`), else around the paper's level;
-- the epoch count from a measured training rate, so the whole of quick.sh fits the budget; a GPU, when
-  there is one, trains more epochs in the same time;
-- L1 loss and lr 1e-2 (one-cycle), which learned fastest on real EM (README, "What to expect").
+- the epoch count from measured rates of the network and of crappifying on the fly (whichever is slower
+  sets the pace), so the whole of quick.sh fits the budget; a GPU, when there is one, trains more images in
+  the same time, with data-loader workers crappifying beside it;
+- L1 loss and lr 1e-2 (one-cycle) for every layer group (no pretrained encoder to protect), which learned
+  fastest on real EM (README, "What to expect").
 """
+import os
 import time
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -26,10 +29,12 @@ import torch.nn.functional as F
 from .crappifiers import check_crappifier, crappify
 from .errors import fail, run_cli
 from .model import build_model
-from .norm import normalize, percentiles
+from .norm import normalize, percentiles, to_uint8
+from .onthefly import augment_hr
 from .sources import find_images, open_source
 
-__all__ = ["pick_tile", "pick_stride", "noise_sigma", "estimate_strength", "training_rate", "make_plan"]
+__all__ = ["pick_tile", "pick_stride", "noise_sigma", "estimate_strength", "training_rate", "sample_rate",
+           "pick_workers", "pipeline_rate", "make_plan"]
 
 TILES = (256, 128, 64)  # HR tile sides, largest first: larger crops give the U-Net more context per step
 MIN_BOTTLENECK = 4
@@ -120,6 +125,44 @@ def training_rate(meta: dict, size: int, bs: int, device: str, steps: int = 3) -
     return steps * bs / (time.perf_counter() - t0)
 
 
+def sample_rate(df: pd.DataFrame, crap_func: str, tile: int, n_frames: int, scale: int = 4, seed: int = 0,
+                threads: Optional[int] = None, reps: int = 5) -> float:
+    """Training samples per second that one process draws on the fly (HR rotation/zoom, crop, crappify
+    each of `n_frames`), on `threads` torch threads (a data-loader worker has one)."""
+    rng = np.random.default_rng(seed)
+    frame = next(_frames(df, 1, rng))
+    hr = np.zeros((n_frames, tile + tile // 4, tile + tile // 4), np.float32)
+    h, w = min(hr.shape[1], frame.shape[0]), min(hr.shape[2], frame.shape[1])
+    hr[:, :h, :w] = frame[:h, :w]
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads or old)
+    try:
+        def draw():
+            for f in augment_hr(hr, tile, rng, max_rotate=10, max_zoom=1.1, p_affine=1.0):  # the costlier path
+                to_uint8(crappify(crap_func, f, scale, rng))
+        draw()  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            draw()
+        return reps / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(old)
+
+
+def pick_workers(device: str) -> int:
+    """Data-loader workers: none on a CPU (the cores train the network), most spare cores beside a GPU."""
+    return 0 if device == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 2))
+
+
+def pipeline_rate(net_rate: float, data_rate: float, workers: int) -> float:
+    """Samples/s of training fed by crappifying on the fly. In one process (CPU) the network's probe rate:
+    measured on 2 cores, training with crappifying included ran at 0.98x the probe (the probe's warm-up
+    effects hide the data cost). With workers beside a GPU, the slower of the network and the workers."""
+    if workers == 0:
+        return net_rate
+    return min(net_rate, 0.9 * workers * data_rate)  # 0.9: workers share cores with the main process
+
+
 def make_plan(info: Path, crap_func: str, n_frames: int = 1, minutes: float = 15.0, lr_dir: Optional[Path] = None,
               scale: int = 4, arch: str = "resnet34", seed: int = 0) -> Dict[str, object]:
     """Every setting quick.sh needs; see the module docstring for the reasoning."""
@@ -130,14 +173,15 @@ def make_plan(info: Path, crap_func: str, n_frames: int = 1, minutes: float = 15
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bs = 8 if tile >= 256 else 16
     meta = dict(arch=arch, n_frames=n_frames, scale=scale, lr_space=True, encoder_stride=stride)
-    rate = training_rate(meta, tile, bs, device)
-    # Measured on 2 cores: training ran at 0.98x the probe's rate, crappifying and validation included; the
-    # rest of the 10% margin absorbs a noisy probe.
+    workers = pick_workers(device)
+    data_rate = sample_rate(df, crap_func, tile, n_frames, scale, seed, threads=1) if workers else float("inf")
+    rate = pipeline_rate(training_rate(meta, tile, bs, device), data_rate, workers)
+    # 10% margin for validation, saving and a noisy probe.
     images = rate * minutes * 60 * 0.9
     n_train = int(min(4000, max(64, images / 12)))
     epochs = int(max(2, min(100, images // n_train)))
     plan = dict(TILE=tile, N_TRAIN=n_train, N_VALID=int(min(64, max(8, n_train // 10))), BS=bs, EPOCHS=epochs,
-                LR=1e-2, LOSS="--l1_loss", NET=f"--lr_space --encoder_stride {stride}", DEVICE=device,
+                LR=1e-2, LOSS="--l1_loss", NET=f"--lr_space --encoder_stride {stride}", DEVICE=device, WORKERS=workers,
                 RATE=round(rate, 2))
     if lr_dir:
         centre, sigma = estimate_strength(df, crap_func, Path(lr_dir), scale, seed)

@@ -4,12 +4,16 @@ A frame is processed one row of tiles at a time: the LR band under the tile row 
 read from the file (`Source.read` with a box), normalized with the percentiles of
 the frame being restored (a multi-frame window's neighbours take the centre frame's,
 exactly as step 2 normalizes training stacks), predicted in batches of tiles, blended into an
-output row buffer, and finished output rows are streamed into the TIFF as strips.
+output row buffer, and finished output rows are streamed into the TIFF as strips (or into an
+OME-Zarr as chunk rows, `utils.omezarr`).
 Peak memory is therefore set by the tile size and the image width, never by the
 image area (real EM frames are 24576²).
 """
 from __future__ import annotations
 
+import json
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -23,11 +27,14 @@ from torch import nn
 from .errors import fail, warn
 from .fileio import atomic_path
 from .norm import PCT_HI, PCT_LO, MAX_PCT_PIXELS, normalize
+from .omezarr import ZARR_SUFFIX, write_omezarr_stream
+from .resample import resample_note
 from .sources import Source
 
 __all__ = ["SEAMS", "SEAM_BAND", "SEAM_SIGMA", "OUT_DTYPES", "reflect_index", "frame_windows", "tile_starts",
            "axis_weights", "dihedral", "Upsampler", "Predictor", "frame_percentiles", "restore_frame", "to_dtype",
-           "write_tif_stream", "plan_frames", "restore_file"]
+           "write_tif_stream", "write_output", "plan_frames", "RestoreSpec", "frame_restorer", "part_dir", "read_part",
+           "restore_parts", "restore_file"]
 
 # 'linear'/'cosine': overlapping tiles cross-fade with a ramp over the overlap.
 # 'blur': the paper's method - tiles meet at the middle of the overlap and a
@@ -151,18 +158,23 @@ def dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
 class Predictor:
     """Run a model on batches of LR tiles (numpy in, numpy out).
 
-    `fast`: bfloat16 autocast with channels_last on CPU (see bench/bench_infer.py
-    for when it pays). `tta`: average the predictions of the 8 flips/transposes of each
-    tile (test-time augmentation: the network's errors differ between orientations while the
-    image does not, so the mean is closer to the truth; 8x the compute). Tiles are
+    The network runs as `utils.speed.inference_model` makes it (norms folded into the weights, channels_last,
+    the same output to fp32 rounding; `optimize=False` runs `model` as given). `fast`: bfloat16 weights and
+    autocast, float32 output (see bench/bench_infer.py for when it pays). `tta`: average the predictions of
+    the 8 flips/transposes of each tile (test-time augmentation: the network's errors differ between
+    orientations while the image does not, so the mean is closer to the truth; 8x the compute). Tiles are
     reflect-padded to a multiple of `multiple` because the U-Net's encoder halves the size."""
 
     def __init__(self, model: nn.Module, scale: int, device: str = "cpu", fast: bool = False,
-                 batch_size: int = 4, multiple: int = 32, tta: bool = False):
+                 batch_size: int = 4, multiple: int = 32, tta: bool = False, optimize: bool = True):
+        from .speed import inference_model
         self.device, self.scale, self.fast, self.tta = torch.device(device), scale, fast, tta
         self.batch_size, self.multiple = max(1, batch_size), multiple
         self.model = model.to(self.device).eval()
-        if fast:
+        self._autocast = fast and not optimize  # an optimized fast model casts by itself
+        if optimize:
+            self.model = inference_model(self.model, torch.bfloat16 if fast else torch.float32, channels_last=True)
+        elif fast:
             self.model = self.model.to(memory_format=torch.channels_last)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
@@ -176,7 +188,7 @@ class Predictor:
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         x = self._pad(x)
-        if self.fast:
+        if self._autocast:
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 y = self.model(x)
@@ -209,7 +221,7 @@ def frame_percentiles(src: Source, c: int, z: int, t: int, pcts: Sequence[float]
 
 def restore_frame(read_band: Callable[[int, int], np.ndarray], ny: int, nx: int, predict: Callable,
                   scale: int, tile: Optional[int] = None, overlap: int = 16,
-                  seam: str = "cosine") -> Iterator[np.ndarray]:
+                  seam: str = "blur") -> Iterator[np.ndarray]:
     """Yield the restored frame as consecutive bands of finished output rows (float32).
 
     `read_band(y0, h)` returns the normalized LR rows [y0, y0+h) as (n_frames, h, nx).
@@ -267,8 +279,8 @@ def restore_frame(read_band: Callable[[int, int], np.ndarray], ny: int, nx: int,
 
 def to_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
     """[0, 1] prediction to the output dtype (integers clipped and rounded)."""
-    if dtype == "float32":
-        return np.asarray(x, np.float32)
+    if dtype == "float32" or x.dtype == np.dtype(dtype):  # the latter: a part file's rows, converted already
+        return np.asarray(x, dtype)
     top = np.iinfo(dtype).max
     return np.clip(np.round(x * top), 0, top).astype(dtype)
 
@@ -298,21 +310,41 @@ def _strips(bands: Iterator[np.ndarray], rows: int, dtype: str) -> Iterator[byte
 
 
 def write_tif_stream(dest: Path, pages: Iterator[Iterator[np.ndarray]], shape: Tuple[int, ...], axes: str,
-                     dtype: str = "float32", pixel_size: Optional[float] = None, strip_rows: int = 64) -> Path:
+                     dtype: str = "float32", pixel_size: Optional[float] = None, strip_rows: int = 64,
+                     note: Optional[dict] = None) -> Path:
     """Write an ImageJ hyperstack page by page, band by band, then rename it into place.
 
     `pages` yields one iterator of row bands per YX page, in `axes` order; nothing
-    larger than a band is ever held, and an interrupted run leaves no file at `dest`."""
+    larger than a band is ever held, and an interrupted run leaves no file at `dest`.
+    `note` (how the input was resampled) goes into the ImageJ 'Info' text as `pssr: {json}`."""
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     imagej = nbytes < 2 ** 32 - 2 ** 25  # ImageJ hyperstacks are classic TIFF; bigger ones go BigTIFF
     rows = min(strip_rows, shape[-2])
     data = (s for page in pages for s in _strips(page, rows, dtype))
     kw = dict(resolution=(1 / pixel_size, 1 / pixel_size)) if pixel_size else {}
     meta = {"axes": axes, **({"unit": "um"} if pixel_size else {})}
+    if note:
+        meta["Info"] = f"pssr: {json.dumps(note)}"
     with atomic_path(dest) as tmp:
         tifffile.imwrite(tmp, data=data, shape=shape, dtype=dtype, rowsperstrip=rows, imagej=imagej,
                          bigtiff=not imagej, metadata=meta if imagej else {"axes": axes}, **kw)
     return Path(dest)
+
+
+def _as_dtype(bands: Iterator[np.ndarray], dtype: str) -> Iterator[np.ndarray]:
+    for b in bands:
+        b = to_dtype(b, dtype)
+        yield b
+        b = None  # let the band go before the producer makes the next one
+
+
+def write_output(dest: Path, pages: Iterator[Iterator[np.ndarray]], shape: Tuple[int, ...], axes: str,
+                 dtype: str = "float32", pixel_size: Optional[float] = None, note: Optional[dict] = None) -> Path:
+    """`write_tif_stream`, or an OME-Zarr image (chunked, with a pyramid) when `dest` ends in `.zarr`."""
+    if Path(dest).suffix.lower() == ZARR_SUFFIX:
+        return write_omezarr_stream(dest, (_as_dtype(p, dtype) for p in pages), shape, axes, dtype, pixel_size,
+                                    note)
+    return write_tif_stream(dest, pages, shape, axes, dtype, pixel_size, note=note)
 
 
 def plan_frames(src: Source, n_frames: int, lr_type: str = "s", channel: Optional[int] = None,
@@ -352,23 +384,38 @@ def plan_frames(src: Source, n_frames: int, lr_type: str = "s", channel: Optiona
     return plan, n_out
 
 
-def restore_file(src: Source, dest: Path, predict: Callable, scale: int, n_frames: int = 1, lr_type: str = "s",
-                 norm: Tuple[float, float] = (PCT_LO, PCT_HI), channel: Optional[int] = None,
-                 drop_edges: bool = False, tile: Optional[int] = None, overlap: int = 16, seam: str = "cosine",
-                 dtype: str = "float32", progress: Optional[Callable] = None) -> Tuple[int, ...]:
-    """Restore every frame of `src` into the ImageJ TIFF `dest`; returns the output shape.
+@dataclass(frozen=True)
+class RestoreSpec:
+    """How one model restores a file: its geometry and input normalization (from its `.json`) and image_gen's
+    tiling and output choices. `tile` is the LR tile side (None: whole frames); `seam` the paper's 'blur' or a
+    blending ramp; `dtype` the output's."""
+    scale: int = 4
+    n_frames: int = 1
+    lr_type: str = "s"
+    norm: Tuple[float, float] = (PCT_LO, PCT_HI)
+    channel: Optional[int] = None
+    drop_edges: bool = False
+    tile: Optional[int] = None
+    overlap: int = 16
+    seam: str = "blur"
+    dtype: str = "float32"
 
-    Every frame of a window is normalized with the `norm` percentiles of the window's
-    centre frame, as step 2 normalizes training stacks (so bleaching or a passing bright
-    object stays visible to the network as in the raw data); the pixel size is divided by `scale`."""
-    if dtype not in OUT_DTYPES:
-        fail(None, f"unknown output dtype '{dtype}'; choose one of {', '.join(OUT_DTYPES)}")
-    plan, n_out = plan_frames(src, n_frames, lr_type, channel, drop_edges)
+    @classmethod
+    def of_model(cls, meta: dict, **choices) -> "RestoreSpec":
+        """The spec of a model's metadata (`utils.model` `.json`, or a baseline's), with image_gen's choices."""
+        return cls(int(meta["scale"]), int(meta["n_frames"]), meta["lr_type"],
+                   (meta["norm"]["lo"], meta["norm"]["hi"]), **choices)
+
+
+def frame_restorer(src: Source, predict: Callable,
+                   spec: RestoreSpec) -> Callable[[List[Tuple[int, int, int]]], Iterator[np.ndarray]]:
+    """`page(frames)`: the row bands of one output frame restored from the input `frames` (c, z, t), every one
+    normalized with the percentiles of the window's centre frame, as step 2 normalizes training stacks."""
     stats: Dict[Tuple[int, int, int], Tuple[float, float]] = {}
 
     def stat(f):
         if f not in stats:
-            stats[f] = frame_percentiles(src, *f, pcts=norm)
+            stats[f] = frame_percentiles(src, *f, pcts=spec.norm)
         return stats[f]
 
     def page(frames):
@@ -376,13 +423,104 @@ def restore_file(src: Source, dest: Path, predict: Callable, scale: int, n_frame
 
         def read_band(y0, h):
             return np.stack([normalize(src.read(*f, box=(y0, 0, h, src.nx)), *lo_hi) for f in frames])
-        return restore_frame(read_band, src.ny, src.nx, predict, scale, tile, overlap, seam)
+        return restore_frame(read_band, src.ny, src.nx, predict, spec.scale, spec.tile, spec.overlap, spec.seam)
+    return page
 
+
+# --------------------------------------------------------------------------- frames of one file across ranks
+# When the frames of one file are shared between processes, each restores its frames into one-page TIFFs
+# `.{dest name}.parts/NNNNNN.tif` (atomic, so a killed run leaves whole parts only), and the rank that writes
+# `dest` copies them in, band by band (restore_file's `parts`): the file is then byte-identical to one
+# restored by a single process, and a resumed run redoes only the missing frames.
+
+def part_dir(dest: Path) -> Path:
+    """The hidden folder holding `dest`'s frames restored by several processes."""
+    dest = Path(dest)
+    return dest.with_name(f".{dest.name}.parts")
+
+
+def _part(parts: Path, i: int) -> Path:
+    return Path(parts) / f"{i:06d}.tif"
+
+
+def _done_parts(parts: Optional[Path], n: int, hw: Sequence[int], dtype: str) -> Dict[int, Path]:
+    """{frame index: part file} of the complete parts of the right size and dtype (others are redone)."""
+    if parts is None or not Path(parts).is_dir():
+        return {}
+    done = {}
+    for i in range(n):
+        p = _part(parts, i)
+        if p.exists() and _part_ok(p, hw, dtype):
+            done[i] = p
+        elif p.exists():
+            warn(p, "not a frame of this restoration (size, dtype, or a broken file); restoring it again")
+    return done
+
+
+def _part_ok(path: Path, hw: Sequence[int], dtype: str) -> bool:
+    """One contiguous page of the expected size and dtype, all its bytes on disk."""
+    try:
+        with tifffile.TiffFile(path) as t:
+            page = t.pages[0]
+            return (page.is_final and page.shape == tuple(hw) and page.dtype == np.dtype(dtype)
+                    and path.stat().st_size >= page.dataoffsets[0] + page.nbytes)
+    except Exception:
+        return False
+
+
+def read_part(path: Path, band_bytes: int = 1 << 26) -> Iterator[np.ndarray]:
+    """A part's rows in bands of about `band_bytes` (64 MiB): memory stays bounded however large the frame."""
+    with tifffile.TiffFile(path) as t:
+        page = t.pages[0]
+        if not page.is_final:
+            fail(path, "part file is not one contiguous, uncompressed page (not written by restore_parts)")
+        offset, (h, w) = page.dataoffsets[0], page.shape
+        dt = page.dtype.newbyteorder(t.byteorder)
+    rows = max(1, band_bytes // (w * dt.itemsize))
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for y0 in range(0, h, rows):
+            n = min(rows, h - y0)
+            yield np.fromfile(f, dt, n * w).reshape(n, w).astype(dt.newbyteorder("="), copy=False)
+
+
+def restore_parts(src: Source, parts: Path, pages: Sequence[int], predict: Callable, spec: RestoreSpec,
+                  progress: Optional[Callable] = None, keep: bool = False) -> int:
+    """Restore only the output frames `pages` (indices into restore_file's frame order) of `src`, each into its
+    own part file under `parts`, in the output dtype; `keep` leaves parts already there. Returns how many
+    were written."""
+    plan, _ = plan_frames(src, spec.n_frames, spec.lr_type, spec.channel, spec.drop_edges)
+    page = frame_restorer(src, predict, spec)
+    hw = (src.ny * spec.scale, src.nx * spec.scale)
+    have = _done_parts(parts, len(plan), hw, spec.dtype) if keep else {}
+    todo = [i for i in pages if i not in have]
+    for i in progress(todo) if progress else todo:
+        write_tif_stream(_part(parts, i), iter([page(plan[i][3])]), hw, "YX", spec.dtype)
+    return len(todo)
+
+
+def restore_file(src: Source, dest: Path, predict: Callable, spec: RestoreSpec = RestoreSpec(),
+                 progress: Optional[Callable] = None, parts: Optional[Path] = None) -> Tuple[int, ...]:
+    """Restore every frame of `src` into the ImageJ TIFF `dest` (OME-Zarr when it ends in `.zarr`); returns
+    the output shape.
+
+    `parts`: a folder of frames restored already (`restore_parts`, by other ranks or a killed run); those
+    are copied, the others restored; once `dest` is written no parts folder of it is left.
+
+    Every frame of a window is normalized with the `spec.norm` percentiles of the window's
+    centre frame, as step 2 normalizes training stacks (so bleaching or a passing bright
+    object stays visible to the network as in the raw data); the pixel size is divided by the scale."""
+    if spec.dtype not in OUT_DTYPES:
+        fail(None, f"unknown output dtype '{spec.dtype}'; choose one of {', '.join(OUT_DTYPES)}")
+    plan, n_out = plan_frames(src, spec.n_frames, spec.lr_type, spec.channel, spec.drop_edges)
+    page = frame_restorer(src, predict, spec)
     lead = [(a, n_out[a]) for a in "TZC" if n_out[a] > 1]
     axes = "".join(a for a, _ in lead) + "YX"
-    shape = tuple(n for _, n in lead) + (src.ny * scale, src.nx * scale)
+    shape = tuple(n for _, n in lead) + (src.ny * spec.scale, src.nx * spec.scale)
     items = progress(plan) if progress else plan
-    pages = (page(frames) for *_, frames in items)
-    px = src.pixel_size / scale if src.pixel_size else None
-    write_tif_stream(dest, pages, shape, axes, dtype, px)
+    done = _done_parts(parts, len(plan), shape[-2:], spec.dtype)
+    pages = (read_part(done[i]) if i in done else page(frames) for i, (*_, frames) in enumerate(items))
+    px = src.pixel_size / spec.scale if src.pixel_size else None
+    write_output(dest, pages, shape, axes, spec.dtype, px, resample_note(src))
+    shutil.rmtree(parts if parts is not None else part_dir(dest), ignore_errors=True)  # none outlive `dest`
     return shape

@@ -4,12 +4,14 @@ Real EM sources are 24576² pixels and data sets are 100+ GB, so nothing here
 reads more than the frame region asked for when the file layout allows it:
 uncompressed contiguous TIFF series are read row by row with positioned reads, chunked/compressed ones
 go through tifffile's zarr store (only the strips/tiles touched are decoded),
-and CZI frames are assembled from the subblocks that intersect the region.
+and CZI regions are composed by libCZI from the subblocks that intersect them.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
+import struct
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +20,9 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import tifffile
 
-from .errors import PSSRError, fail
+from .errors import PSSRError, fail, warn
 from .norm import MAX_PCT_PIXELS, subsample_step
+from .omezarr import is_zarr, open_ngff
 
 __all__ = ["Source", "open_source", "SUFFIXES", "find_images", "Box"]
 
@@ -31,10 +34,20 @@ _GENERIC_STACK_AXES = "IQ"
 
 
 def find_images(folder: Path, recursive: bool = False) -> list[Path]:
-    """Image files in `folder`, sorted by name (hidden and temporary files ignored)."""
+    """Image files and OME-Zarr folders in `folder`, sorted by name (hidden and temporary ones ignored)."""
     folder = Path(folder)
-    it = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in it if p.is_file() and p.suffix.lower() in SUFFIXES and not p.name.startswith("."))
+    it = _walk(folder) if recursive else folder.iterdir()
+    return sorted(p for p in it if (is_zarr(p) or p.is_file() and p.suffix.lower() in SUFFIXES)
+                  and not p.name.startswith("."))
+
+
+def _walk(folder: Path):
+    """Every path below `folder`, without descending into `.zarr` images (thousands of chunk files each)."""
+    for root, dirs, files in os.walk(folder):
+        r = Path(root)
+        yield from (r / f for f in files)
+        yield from (r / d for d in dirs)
+        dirs[:] = [d for d in dirs if not is_zarr(r / d)]
 
 
 def _check_dtype(path: Path, dtype: np.dtype) -> np.dtype:
@@ -100,13 +113,16 @@ class Source:
 
 
 def open_source(path: Path, live: bool = False) -> Source:
-    """Open a `.tif/.tiff/.czi` lazily. `live`: unlabelled stack pages are time points, else z.
+    """Open a `.tif/.tiff/.czi` file or `.zarr` OME-Zarr folder lazily. `live`: unlabelled stack pages are
+    time points, else z (OME-Zarr axes are always labelled).
 
     Raises `PSSRError` (one line naming the file) for zero-byte, corrupt,
     unsupported, RGB or floating-point files."""
     path = Path(path)
     if not path.exists():
         fail(path, "no such file")
+    if is_zarr(path):
+        return _open_zarr(path)
     if path.stat().st_size == 0:
         fail(path, "file is empty (0 bytes)")
     suffix = path.suffix.lower()
@@ -115,6 +131,17 @@ def open_source(path: Path, live: bool = False) -> Source:
     if suffix == ".czi":
         return _open_czi(path)
     fail(path, f"unsupported file type '{path.suffix}'; expected one of {', '.join(SUFFIXES)}")
+
+
+# --------------------------------------------------------------------------- OME-Zarr
+
+def _open_zarr(path: Path) -> Source:
+    """An OME-Zarr image folder: its full-resolution level, chunks decoded only where a read touches them."""
+    img = open_ngff(path)
+    dtype = _check_dtype(path, img.array.dtype)
+    n = {a: (img.array.shape[img.axes.index(a)] if a in img.axes else 1) for a in "czt"}
+    ny, nx = img.array.shape[-2:]
+    return Source(path, n["c"], n["z"], n["t"], ny, nx, dtype, img.pixel_size, "zarr", img)
 
 
 # --------------------------------------------------------------------------- TIFF
@@ -208,14 +235,139 @@ def _tiff_pixel_size(tif: tifffile.TiffFile, page) -> Optional[float]:
     return None
 
 
+class _LogRecords(logging.Handler):
+    """Collect tifffile's log messages (its complaints about a damaged file) instead of printing them."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+    def __enter__(self):
+        log = logging.getLogger("tifffile")
+        self._propagate, log.propagate = log.propagate, False
+        log.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        log = logging.getLogger("tifffile")
+        log.removeHandler(self)
+        log.propagate = self._propagate
+
+
+def _ifd_chain(tif: tifffile.TiffFile) -> Tuple[int, bool]:
+    """Number of IFDs in the main chain, and whether it ends as a TIFF should (next offset 0).
+
+    Reads two small fields per page (no tags, no pixels): a file cut short leaves its last
+    complete IFD pointing past the end, or at a half-written one."""
+    fh, fmt, size = tif.filehandle, tif.tiff, tif.filehandle.size
+    offset = tif.pages.first.offset
+    n, seen = 0, set()
+    while offset:
+        if offset in seen or offset + fmt.tagnosize > size:
+            return n, False
+        seen.add(offset)
+        fh.seek(offset)
+        tagno = struct.unpack(fmt.tagnoformat, fh.read(fmt.tagnosize))[0]
+        nxt = offset + fmt.tagnosize + tagno * fmt.tagsize
+        if tagno > 4096 or nxt + fmt.offsetsize > size:
+            return n, False
+        fh.seek(nxt)
+        offset = struct.unpack(fmt.offsetformat, fh.read(fmt.offsetsize))[0]
+        n += 1
+    return n, True
+
+
+_TAG_TYPE_SIZES = {3: 2, 4: 4, 5: 8, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}  # else 1 byte
+
+
+def _first_ifd_values_inside(tif: tifffile.TiffFile) -> bool:
+    """The first page's tag values (where OME-XML and ImageJ metadata live) lie inside the file: a file
+    cut just before its trailing OME-XML keeps every page, but tifffile silently loses the axes."""
+    fh, fmt, size = tif.filehandle, tif.tiff, tif.filehandle.size
+    bo = tif.byteorder
+    offset = tif.pages.first.offset
+    fh.seek(offset)
+    tagno = struct.unpack(fmt.tagnoformat, fh.read(fmt.tagnosize))[0]
+    raw = fh.read(tagno * fmt.tagsize)
+    count_fmt = bo + ("Q" if fmt.offsetsize == 8 else "I")
+    for i in range(min(tagno, len(raw) // fmt.tagsize)):
+        entry = raw[i * fmt.tagsize:(i + 1) * fmt.tagsize]
+        dtype = struct.unpack(bo + "H", entry[2:4])[0]
+        count = struct.unpack(count_fmt, entry[4:4 + fmt.offsetsize])[0]
+        nbytes = count * _TAG_TYPE_SIZES.get(dtype, 1)
+        if nbytes > fmt.offsetsize:  # not inline: the entry holds an offset
+            value_at = struct.unpack(fmt.offsetformat, entry[4 + fmt.offsetsize:])[0]
+            if value_at + nbytes > size:
+                return False
+    return True
+
+
+def _data_inside(page) -> bool:
+    """Every strip/tile of `page` lies inside its file (an OME file set may hold pages of other files;
+    None: a page the series lacks)."""
+    if page is None:
+        return False
+    ends = np.asarray(page.dataoffsets, np.int64) + np.asarray(page.databytecounts, np.int64)
+    return not len(ends) or int(ends.max()) <= page.parent.filehandle.size
+
+
+def _expected_pages(tif: tifffile.TiffFile, series, per_page: int) -> int:
+    """Pages the series should have: its shape, or the writer's metadata when tifffile could not shape it."""
+    m = int(np.prod(series.shape)) // per_page
+    if tif.is_shaped and tif.shaped_metadata and "shape" in tif.shaped_metadata[0]:
+        m = max(m, int(np.prod(tif.shaped_metadata[0]["shape"])) // per_page)
+    if tif.is_imagej and tif.imagej_metadata:
+        m = max(m, int(tif.imagej_metadata.get("images", 1)))
+    return m
+
+
+def _readable_pages(tif: tifffile.TiffFile, series, m: int, per_page: int) -> int:
+    size = tif.filehandle.size
+    if series.dataoffset is not None:  # contiguous: count whole frames before the end of the file
+        return min(m, max(0, size - series.dataoffset) // (per_page * np.dtype(series.dtype).itemsize))
+    n = sum(_data_inside(p) for p in series.pages)
+    if n < m:  # a series tifffile fell back to (its first page) hides the intact pages after it
+        try:
+            n = max(n, min(m, sum(_data_inside(p) for p in tif.pages)))
+        except Exception:
+            pass
+    return n
+
+
+def _check_complete(path: Path, tif: tifffile.TiffFile, series) -> None:
+    """Fail on a file cut short or with pages missing, from headers alone: tifffile otherwise shapes a
+    truncated 12-frame stack as one frame, or reads the missing frames as zeros."""
+    if tif.is_ndpi:  # Hamamatsu's 64-bit-offset variant: none of the layout below applies
+        return
+    n_ifd, clean = _ifd_chain(tif)
+    per_page = int(np.prod(series.keyframe.shape))
+    m = _expected_pages(tif, series, per_page)
+    n = _readable_pages(tif, series, m, per_page)
+    if not clean:  # a page whose IFD is cut short is not readable, whatever its data
+        n = min(n, n_ifd)
+    if n < m or not clean:
+        total = str(m) if clean or m > n_ifd else f"at least {n_ifd + 1}"
+        fail(path, f"truncated or corrupt TIFF ({n} of {total} pages readable)")
+    if not _first_ifd_values_inside(tif):
+        fail(path, "truncated or corrupt TIFF (the first page's metadata lies past the end of the file)")
+
+
 def _open_tiff(path: Path, live: bool) -> Source:
     try:
-        tif = tifffile.TiffFile(path)
-        series = tif.series[0]
-        axes, shape = series.axes, series.shape
+        with _LogRecords() as log:
+            tif = tifffile.TiffFile(path)
+            series = tif.series[0]
+            axes, shape = series.axes, series.shape
     except Exception as e:
         fail(path, f"not a readable TIFF ({type(e).__name__}: {e})")
     try:
+        with log:
+            _check_complete(path, tif, series)
+        for message in log.messages:  # the file is whole: what tifffile noticed is worth a line
+            warn(path, f"tifffile: {message}")
         if "S" in axes and shape[axes.index("S")] > 1:
             fail(path, f"RGB/multi-sample image (axes {axes}, shape {shape}); save one grey channel per page")
         dtype = _check_dtype(path, series.dtype)
@@ -253,85 +405,141 @@ def _open_tiff(path: Path, live: bool) -> Source:
         return Source(path, n["C"], n["Z"], n["T"], ny, nx, dtype,
                       _tiff_pixel_size(tif, series.pages[0] if series.pages else tif.pages[0]),
                       "tif", reader)
-    except Exception:
+    except PSSRError:
         tif.close()
         raise
+    except Exception as e:  # a damaged tag that tifffile only trips over now
+        tif.close()
+        fail(path, f"cannot open TIFF ({type(e).__name__}: {e})")
 
 
 # --------------------------------------------------------------------------- CZI
+# Read through Zeiss's libCZI (pylibCZIrw): ZEN writes zstd-compressed subblocks today, which czifile
+# 2019.7.2.3 (the last release for Python 3.11) cannot decode. libCZI composes a region from only the
+# subblocks that intersect it, placing mosaic tiles at their stage positions (later tiles over earlier
+# ones where they overlap, as ZEN shows a tile region; pixels no tile covers are 0).
+
+_CZI_GREY = {"Gray8": np.uint8, "Gray16": np.uint16, "Gray32Float": np.float32}
+_CZI_PLANE_AXES = "CZT"
+_CZI_BAND_BYTES = 8 << 20  # a read is composed in full-width bands of at most this size
+_CZI_CACHE_BYTES = 64 << 20  # decoded compressed subblocks kept for the next band or tile
+
 
 class _CziReader:
-    """Assemble a frame region from the CZI subblocks that intersect it."""
+    """Region reads of one (c, z, t) plane; `starts` maps the Source's 0-based indices to the file's."""
 
-    def __init__(self, czi, axes: str):
-        self.czi, self.axes = czi, axes
-        self.entries = list(czi.filtered_subblock_directory)
-        self.start = czi.start
+    def __init__(self, doc, x0: int, y0: int, starts: dict, dtype: np.dtype):
+        self.doc, self.x0, self.y0, self.starts, self.dtype = doc, x0, y0, starts, np.dtype(dtype)
+
+    def _roi(self, plane: dict, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+        return self.doc.read(roi=(self.x0 + x0, self.y0 + y0, w, h), plane=plane)[..., 0]
 
     def read(self, c, z, t, y0, x0, h, w, step=1):
-        want = {"C": c, "Z": z, "T": t}
-        out = np.zeros((-(-h // step), -(-w // step)), self.czi.dtype)
-        iy, ix = self.axes.index("Y"), self.axes.index("X")
-        for e in self.entries:
-            rel = [s - s0 for s, s0 in zip(e.start, self.start)]
-            if any(a in want and not (rel[i] <= want[a] < rel[i] + e.shape[i])
-                   for i, a in enumerate(self.axes)):
-                continue
-            if any(a not in want and a not in "YX0" and rel[i] != 0 for i, a in enumerate(self.axes)):
-                continue  # other scenes/positions/phases: first only
-            ey, ex, eh, ew = rel[iy], rel[ix], e.shape[iy], e.shape[ix]
-            # overlap, with its start moved onto the step grid of the box
-            oy0, oy1 = y0 + -(-max(0, ey - y0) // step) * step, min(y0 + h, ey + eh)
-            ox0, ox1 = x0 + -(-max(0, ex - x0) // step) * step, min(x0 + w, ex + ew)
-            if oy0 >= oy1 or ox0 >= ox1:
-                continue
-            tile = e.data_segment().data(resize=True, order=0)
-            idx = []
-            for i, a in enumerate(self.axes):
-                if a in want:
-                    idx.append(want[a] - rel[i])
-                elif a == "Y":
-                    idx.append(slice(oy0 - ey, oy1 - ey, step))
-                elif a == "X":
-                    idx.append(slice(ox0 - ex, ox1 - ex, step))
-                else:
-                    idx.append(0)
-            part = tile[tuple(idx)]
-            oy, ox = (oy0 - y0) // step, (ox0 - x0) // step
-            out[oy:oy + part.shape[0], ox:ox + part.shape[1]] = part
+        """Every step-th pixel of the box, composed band by band into the result: libCZI's transient
+        memory (2-3x what it composes) then stays that of one band, not of the frame."""
+        plane = {a: v + self.starts[a] for a, v in zip(_CZI_PLANE_AXES, (c, z, t))}
+        out = np.empty((-(-h // step), -(-w // step)), self.dtype)
+        if out.size == 0:
+            return out
+        band = max(1, _CZI_BAND_BYTES // (w * self.dtype.itemsize) // step) * step
+        for y in range(y0, y0 + h, band):
+            rows = (min(band, y0 + h - y) - 1) // step * step + 1  # up to the band's last sampled row
+            part = self._roi(plane, y, x0, rows, w)[::step, ::step]
+            out[(y - y0) // step:][:len(part)] = part
         return out
 
     def close(self):
-        self.czi.close()
+        self.doc.close()
 
 
-def _czi_pixel_size(czi) -> Optional[float]:
+@dataclass
+class _CziLayout:
+    """What the layer-0 subblock headers say: index range per dimension, pixel types, planes present."""
+    lo: dict
+    hi: dict
+    pixel_types: set
+    planes: set
+
+
+def _czi_layout(doc) -> _CziLayout:
+    """One pass over the subblock directory (headers only, no pixels)."""
+    lo, hi, types, planes = {}, {}, set(), set()
+
+    def visit(_, info):
+        coord = info.coordinate.to_dict()
+        for a, v in coord.items():
+            lo[a], hi[a] = min(lo.get(a, v), v), max(hi.get(a, v), v)
+        types.add(info.pixelType.name)
+        planes.add(tuple(coord.get(a, 0) for a in _CZI_PLANE_AXES))
+        return True
+
+    doc.enumerate_subblocks_subset(visit, only_layer0=True)
+    return _CziLayout(lo, hi, types, planes)
+
+
+def _czi_check_layout(path: Path, lay: _CziLayout) -> np.dtype:
+    """Refuse what would otherwise become a silent wrong frame; return the pixel dtype."""
+    size = {a: lay.hi[a] - lay.lo[a] + 1 for a in lay.lo}
+    if not lay.planes:
+        fail(path, "CZI holds no image subblocks")
+    if size.get("H", 1) > 1:
+        fail(path, f"Airyscan raw data (H axis of {size['H']} detector elements); "
+                   "process it in ZEN (Airyscan Processing) and give the processed file")
+    if size.get("S", 1) > 1:
+        fail(path, f"{size['S']} scenes (S axis: positions or wells of a mosaic acquisition); "
+                   "split the scenes into one file each in ZEN and give those")
+    other = {a: n for a, n in size.items() if a not in _CZI_PLANE_AXES + "SH" and n > 1}
+    if other:
+        fail(path, "unsupported CZI axes " + ", ".join(f"{a} of length {n}" for a, n in other.items())
+             + "; export the planes to use as separate files")
+    if any(t.startswith("Bgr") for t in lay.pixel_types):
+        fail(path, f"RGB CZI ({', '.join(sorted(lay.pixel_types))}); export one grey channel")
+    if len(lay.pixel_types) > 1:
+        fail(path, f"channels differ in pixel type ({', '.join(sorted(lay.pixel_types))}); "
+                   "export them with one type")
+    n_planes = np.prod([size.get(a, 1) for a in _CZI_PLANE_AXES])
+    if len(lay.planes) < n_planes:  # an interrupted acquisition: missing planes would read as black frames
+        fail(path, f"only {len(lay.planes)} of {n_planes} (c, z, t) planes hold data (interrupted acquisition?)")
+    ptype = next(iter(lay.pixel_types))
+    if ptype not in _CZI_GREY:
+        fail(path, f"unsupported CZI pixel type {ptype}")
+    return _check_dtype(path, _CZI_GREY[ptype])
+
+
+def _czi_pixel_size(doc) -> Optional[float]:
+    """Micrometres per pixel from Scaling/Items/Distance[@Id='X'] (metres); ZEN writes 0 when unknown."""
     try:
-        root = ET.fromstring(czi.metadata())
+        root = ET.fromstring(doc.raw_metadata)
     except Exception:
         return None
     for d in root.iter("Distance"):
         if d.get("Id") == "X":
             v = d.find("Value")
-            if v is not None and v.text:
-                return float(v.text) * 1e6  # metres -> micrometres
+            try:
+                um = float(v.text) * 1e6
+            except (AttributeError, TypeError, ValueError):
+                return None
+            return float(f"{um:.10g}") if um > 0 else None  # 1e-6 scaling leaves ...99999996 noise
     return None
 
 
 def _open_czi(path: Path) -> Source:
-    import czifile
+    from pylibCZIrw import czi as pyczi
     try:
-        czi = czifile.CziFile(path)
-        axes, shape = czi.axes, czi.shape
+        doc = pyczi.CziReader(str(path), cache_options=pyczi.CacheOptions(max_memory_usage=_CZI_CACHE_BYTES))
     except Exception as e:
         fail(path, f"not a readable CZI ({type(e).__name__}: {e})")
     try:
-        if axes.endswith("0") and shape[-1] > 1:
-            fail(path, f"RGB/multi-sample CZI (shape {shape}); export one grey channel")
-        dtype = _check_dtype(path, czi.dtype)
-        n = {a: (shape[axes.index(a)] if a in axes else 1) for a in "CZTYX"}
-        return Source(path, n["C"], n["Z"], n["T"], n["Y"], n["X"], dtype,
-                      _czi_pixel_size(czi), "czi", _CziReader(czi, axes))
-    except Exception:
-        czi.close()
+        lay = _czi_layout(doc)
+        dtype = _czi_check_layout(path, lay)
+        box = doc.total_bounding_rectangle_no_pyramid
+        starts = {a: lay.lo.get(a, 0) for a in _CZI_PLANE_AXES}
+        n = {a: lay.hi.get(a, 0) - starts[a] + 1 for a in _CZI_PLANE_AXES}
+        return Source(path, n["C"], n["Z"], n["T"], box.h, box.w, dtype, _czi_pixel_size(doc), "czi",
+                      _CziReader(doc, box.x, box.y, starts, dtype))
+    except PSSRError:
+        doc.close()
         raise
+    except Exception as e:  # a damaged subblock directory or metadata segment
+        doc.close()
+        fail(path, f"not a readable CZI ({type(e).__name__}: {e})")

@@ -5,7 +5,9 @@ of the n_train / n_valid samples a category, then a file of it, then a legal fra
 uniformly at random (the original's sampling: small categories are not swamped by big
 ones), and one tile per `--tile` size from that frame. Each tile gets its own generator,
 `SeedSequence(seed, spawn_key=(1, tile_id))`, which draws its box and its noise, so the
-same seed gives byte-identical tiles and CSV whatever `--workers` is.
+same seed gives byte-identical tiles and CSV whatever `--workers` is, and whatever the number of
+processes: under `accelerate launch` every rank draws the same plan and writes only its contiguous share
+(utils/dist.py); rank 0 prepares the folder first and writes the tiles CSV and dataset.json last.
 
 Workers only read, crappify and write. A tile reads just its box through
 `Source.read(c, z, t, box)`; the frame's normalization percentiles (mi, ma) come from
@@ -31,6 +33,11 @@ crappifies on the fly (`train.py --crap_func`, utils/onthefly.py).
 Interrupted runs: every tile is written under a temporary name and renamed, and the
 tiles CSV and dataset.json are written last, so a data set without `dataset.json` is
 incomplete; rerunning refuses to touch an existing data set unless `--clean` is given.
+`--resume` finishes an incomplete one instead: the plan is seeded, so each tile of it is
+known; a tile whose files are all there and readable is kept (its CSV row is redrawn from
+the same box, without writing), a missing or unreadable one is written, and the result is
+byte-identical to an uninterrupted run. An existing HR tile with other pixels, or a file the
+plan does not write, means the data set was started with other options: that fails.
 """
 import json
 import math
@@ -43,18 +50,21 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
-from fastprogress.fastprogress import progress_bar
+import tifffile
 from skimage.transform import resize
 
+from . import dist
 from .crappifiers import CRAPPIFIERS, crappify
-from .errors import fail, warn_skip
-from .fileio import atomic_path, prepare_out_dir, save_npy, save_tif
+from .errors import fail, warn, warn_skip
+from .fileio import atomic_path, prepare_out_dir, remove_stale_tmp, save_npy, save_tif
 from .info import INFO_COLS
 from .norm import PCT_HI, PCT_LO, normalize, to_uint8
+from .progress import progress
 from .sources import Source, open_source
 
 __all__ = ["TileConfig", "FG_FRAC", "MAX_TRIES", "TILE_COLS", "read_info", "select_rows", "legal_frame",
-           "plan_tiles", "make_tile", "run_tiles", "dataset_root", "make_dataset"]
+           "plan_tiles", "make_tile", "run_tiles", "dataset_root", "make_dataset", "shared_tiles", "tile_paths",
+           "check_resumable"]
 
 FG_FRAC = 0.30
 MAX_TRIES = 50
@@ -74,6 +84,7 @@ class TileConfig:
     lr_type: str = "s"
     upsample: bool = False
     seed: int = 0
+    resume: bool = False  # keep tiles already written (make_tile checks each)
 
     @property
     def multi(self) -> str:
@@ -246,6 +257,17 @@ def _lr(hr01: np.ndarray, cfg: TileConfig, rng: np.random.Generator) -> np.ndarr
     return to_uint8(lr)
 
 
+def tile_paths(job: dict, cfg: TileConfig) -> List[Path]:
+    """The files `make_tile` writes for `job`: the HR tile (or HR stack), then the LR tile unless HR-only."""
+    ts, name = job["tile_sz"], f"{int(job['id']):06d}_{Path(job['fn']).stem}"
+    rel = Path(job["dsplit"]) / job["category"]
+    hr_stack = cfg.crap_func is None and cfg.n_frames > 1
+    paths = [cfg.hrs_dir(ts) / rel / f"{name}.npy" if hr_stack else cfg.hr_dir(ts) / rel / f"{name}.tif"]
+    if cfg.crap_func is not None:
+        paths.append(cfg.lr_dir(ts) / rel / f"{name}{'.tif' if cfg.lr_type == 's' else '.npy'}")
+    return paths
+
+
 def make_tile(job: dict, cfg: TileConfig) -> dict:
     """Read, crappify and write one HR/LR pair; return its tiles-CSV row."""
     rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(1, int(job["id"]))))
@@ -253,25 +275,87 @@ def make_tile(job: dict, cfg: TileConfig) -> dict:
     raw, (y0, x0), fg = _draw_box(src, job, rng)
     ts, mi, ma = job["tile_sz"], float(job["mi"]), float(job["ma"])
     hr = to_uint8(normalize(raw, mi, ma))
+    row = {**job, "y0": y0, "x0": x0, "fg_frac": fg, "after_mean": float(hr.mean()), "after_sd": float(hr.std()),
+           "after_min": int(hr.min()), "after_max": int(hr.max())}
+    if cfg.resume and tile_kept(job, cfg, hr):
+        return row
     half = cfg.n_frames // 2
     frames = [hr if o == 0 else to_uint8(normalize(src.read(*_frame_index(job, cfg.lr_type, o), (y0, x0, ts, ts)), mi, ma))
               for o in range(-half, half + 1)]
-    name = f"{int(job['id']):06d}_{Path(job['fn']).stem}"
-    rel = Path(job["dsplit"]) / job["category"]
+    hr_path, *lr_path = tile_paths(job, cfg)
     px = job.get("pixel_size")
     px = None if px is None or (isinstance(px, float) and math.isnan(px)) else float(px)
     if cfg.crap_func is None and cfg.n_frames > 1:
-        save_npy(cfg.hrs_dir(ts) / rel / f"{name}.npy", np.stack(frames))
+        save_npy(hr_path, np.stack(frames))
     else:
-        save_tif(cfg.hr_dir(ts) / rel / f"{name}.tif", hr, px)
+        save_tif(hr_path, hr, px)
     if cfg.crap_func is not None and cfg.lr_type == "s":
         lr = _lr(hr.astype(np.float32) / 255, cfg, rng)
-        save_tif(cfg.lr_dir(ts) / rel / f"{name}.tif", lr, px if cfg.upsample or px is None else px * cfg.scale)
+        save_tif(lr_path[0], lr, px if cfg.upsample or px is None else px * cfg.scale)
     elif cfg.crap_func is not None:
-        save_npy(cfg.lr_dir(ts) / rel / f"{name}.npy", np.stack([_lr(f.astype(np.float32) / 255, cfg, rng)
-                                                                  for f in frames]))
-    return {**job, "y0": y0, "x0": x0, "fg_frac": fg, "after_mean": float(hr.mean()), "after_sd": float(hr.std()),
-            "after_min": int(hr.min()), "after_max": int(hr.max())}
+        save_npy(lr_path[0], np.stack([_lr(f.astype(np.float32) / 255, cfg, rng) for f in frames]))
+    return row
+
+
+# --------------------------------------------------------------------------- --resume
+
+def _tile_shapes(job: dict, cfg: TileConfig) -> List[tuple]:
+    """The array shapes of `tile_paths(job, cfg)`, in the same order."""
+    ts, n = int(job["tile_sz"]), cfg.n_frames
+    ls = ts if cfg.upsample else ts // cfg.scale
+    shapes = [(n, ts, ts) if cfg.crap_func is None and n > 1 else (ts, ts)]
+    if cfg.crap_func is not None:
+        shapes.append((ls, ls) if cfg.lr_type == "s" else (n, ls, ls))
+    return shapes
+
+
+def _read_whole(path: Path, shape: tuple) -> Optional[np.ndarray]:
+    """The tile's pixels when the file is complete and of the expected shape, else None (warned about);
+    reading every byte, not just the header, so a tile cut short on disk is redone too."""
+    if not path.exists():
+        return None
+    try:
+        a = np.load(path, allow_pickle=False) if path.suffix == ".npy" else tifffile.imread(path)
+    except Exception as e:
+        warn(path, f"unreadable tile ({type(e).__name__}); writing it again")
+        return None
+    if a.shape != shape or a.dtype != np.uint8:
+        warn(path, f"tile is {a.dtype} {a.shape}, expected uint8 {shape}; writing it again")
+        return None
+    return a
+
+
+def tile_kept(job: dict, cfg: TileConfig, hr: np.ndarray) -> bool:
+    """--resume, per tile: True when all its files are there, complete, and its HR holds the plan's pixels
+    `hr` (so nothing is rewritten); False when one must be written. An HR of other pixels fails: the data
+    set was started with other options, and mixing two plans would give a data set no seed describes."""
+    paths = tile_paths(job, cfg)
+    if not any(p.exists() for p in paths):
+        return False
+    arrays = [_read_whole(p, s) for p, s in zip(paths, _tile_shapes(job, cfg))]
+    if any(a is None for a in arrays):
+        return False
+    have = arrays[0] if arrays[0].ndim == 2 else arrays[0][cfg.n_frames // 2]
+    if not np.array_equal(have, hr):
+        fail(paths[0], "tile holds other pixels than this command's plan: the data set was started with another "
+                       "--seed or info CSV; rerun that command with --resume, or pass --clean")
+    return True
+
+
+def check_resumable(root: Path, jobs: List[dict], cfg: TileConfig) -> int:
+    """Before resuming: remove temporaries of killed runs and refuse files that the plan (`jobs`: the whole
+    plan) does not write, which an incomplete data set of other options holds. Returns how many tiles are
+    there already."""
+    planned = {p for j in jobs for p in tile_paths(j, cfg)} | {root / f"tiles{cfg.multi}.csv"}
+    for p in sorted(root.rglob("*")):
+        if not p.is_file():
+            continue
+        if p.name.startswith(".") and p.name.endswith(".tmp"):  # .NAME.PID.tmp of atomic_path
+            remove_stale_tmp(p.parent / p.name[1:-4].rsplit(".", 1)[0])
+        elif p not in planned:
+            fail(p, "not a file of this command's plan: the data set was started with other options (--tile, "
+                    "--only/--skip, --upsample, --seed, info CSV?); rerun that command with --resume, or pass --clean")
+    return sum(all(p.exists() for p in tile_paths(j, cfg)) for j in jobs)
 
 
 def run_tiles(jobs: List[dict], cfg: TileConfig, workers: int = 1) -> List[dict]:
@@ -279,15 +363,22 @@ def run_tiles(jobs: List[dict], cfg: TileConfig, workers: int = 1) -> List[dict]
     order = sorted(jobs, key=lambda j: (j["fn"], j["id"]))  # one open file per worker at a time
     work = partial(make_tile, cfg=cfg)
     if workers <= 1:
-        rows = [work(j) for j in progress_bar(order)]
+        rows = [work(j) for j in progress(order, label="tiles")]
     else:
         with ProcessPoolExecutor(workers) as ex:
             chunk = max(1, len(order) // (workers * 8))
-            rows = list(progress_bar(ex.map(work, order, chunksize=chunk), total=len(order)))
+            rows = list(progress(ex.map(work, order, chunksize=chunk), total=len(order), label="tiles"))
     for s in _OPEN.values():
         s.close()
     _OPEN.clear()
     return sorted(rows, key=lambda r: r["id"])
+
+
+def shared_tiles(jobs: List[dict], cfg: TileConfig, workers: int = 1) -> List[dict]:
+    """run_tiles on this rank's contiguous share of the plan (files kept together, as run_tiles orders them;
+    all of it with one process); returns every rank's rows, sorted by tile id, on every rank."""
+    mine = dist.share(sorted(jobs, key=lambda j: (j["fn"], j["id"])))
+    return sorted((r for rows in dist.gather(run_tiles(mine, cfg, workers)) for r in rows), key=lambda r: r["id"])
 
 
 def _check_options(tiles: Sequence[int], crap_func: Optional[str], n_frames: int, lr_type: str, scale: int,
@@ -309,35 +400,68 @@ def _check_options(tiles: Sequence[int], crap_func: Optional[str], n_frames: int
         fail(None, "--workers must be at least 1")
 
 
+def _resume_root(root: Path, jobs: List[dict], cfg: TileConfig, clean: bool) -> None:
+    """--resume: only an incomplete data set (or none yet) can be finished."""
+    if clean:
+        fail(None, "use --resume (finish an interrupted data set) or --clean (write it again), not both")
+    if (root / "dataset.json").exists():
+        fail(root, "data set is complete (it has dataset.json); nothing to resume; pass --clean to write it again")
+    root.mkdir(parents=True, exist_ok=True)
+    n = check_resumable(root, jobs, cfg)
+    print(f"{root}: resuming, {n} of {len(jobs)} tiles written already")
+
+
+def hr_pixel_size(rows: List[dict], root: Path) -> Optional[float]:
+    """The HR tiles' pixel size (µm) when every tile's source records one and they agree within 1%, else None:
+    models carry it in their .json so that image_gen.py resamples test images to the training pixel size."""
+    sizes = [float(r.get("pixel_size", math.nan)) for r in rows]
+    if not sizes or any(math.isnan(s) or s <= 0 for s in sizes):
+        return None
+    if max(sizes) > 1.01 * min(sizes):
+        warn(root, f"tiles come from {min(sizes):g}-{max(sizes):g} µm pixels; no training pixel size recorded")
+        return None
+    return float(np.median(sizes))
+
+
 def make_dataset(out: Path, info: Path, tiles: Sequence[int], n_train: int, n_valid: int,
                  crap_func: Optional[str] = "no_crap", n_frames: int = 1, lr_type: str = "s", scale: int = 4,
                  ftypes: Optional[Sequence[str]] = None, upsample: bool = False,
                  only: Optional[Sequence[str]] = None, skip: Optional[Sequence[str]] = None,
-                 clean: bool = False, seed: int = 0, workers: int = 1) -> dict:
-    """Plan and write a whole data set; returns its dataset.json content."""
+                 clean: bool = False, seed: int = 0, workers: int = 1, resume: bool = False) -> dict:
+    """Plan and write a whole data set; returns its dataset.json content.
+
+    resume: finish an interrupted run of the same command (see the module docstring)."""
     tiles = [int(t) for t in tiles]
     _check_options(tiles, crap_func, n_frames, lr_type, scale, workers, n_train, n_valid)
     df = select_rows(read_info(info), ftypes, only, skip)
     jobs, n_skipped = plan_tiles(df, n_train, n_valid, tiles, lr_type, n_frames, seed)
     check_sources(jobs)
     root = dataset_root(out, info, crap_func, n_frames, lr_type)
-    if not clean and root.is_dir() and any(root.iterdir()) and not (root / "dataset.json").exists():
-        fail(root, "incomplete data set (no dataset.json: an earlier run was interrupted); pass --clean to "
-                   "write it again from the same seed")
-    root = prepare_out_dir(root, clean, "data set")
-    cfg = TileConfig(str(root), crap_func, scale, n_frames, lr_type, upsample, seed)
-    rows = run_tiles(jobs, cfg, workers)
+    cfg = TileConfig(str(root), crap_func, scale, n_frames, lr_type, upsample, seed, resume)
+    dist.barrier()  # every rank has planned and checked its inputs before rank 0 touches the folder
+    if dist.is_main():
+        if resume:
+            _resume_root(root, jobs, cfg, clean)
+        else:
+            if not clean and root.is_dir() and any(root.iterdir()) and not (root / "dataset.json").exists():
+                fail(root, "incomplete data set (no dataset.json: an earlier run was interrupted); pass --resume to "
+                           "finish it (same command: the seeded plan is the same) or --clean to write it again")
+            prepare_out_dir(root, clean, "data set")
+    dist.barrier()  # the folder is ready: each rank writes its share of the plan
+    rows = shared_tiles(jobs, cfg, workers)
     cols = list(df.columns) + TILE_COLS
-    with atomic_path(root / f"tiles{cfg.multi}.csv") as tmp:
-        pd.DataFrame(rows)[cols].to_csv(tmp, index=False)
+    if dist.is_main():  # rank 0 alone writes the index files, once every rank's tiles are written
+        with atomic_path(root / f"tiles{cfg.multi}.csv") as tmp:
+            pd.DataFrame(rows)[cols].to_csv(tmp, index=False)
     n_weak = sum(r["fg_frac"] < FG_FRAC for r in rows)
     meta = dict(scale=scale, tile=tiles[0] if len(tiles) == 1 else tiles, tiles=tiles, n_frames=n_frames,
                 lr_type=lr_type, crap_func=crap_func, upsample=upsample, seed=seed,
                 norm=dict(lo=PCT_LO, hi=PCT_HI), info=str(info), n_train=n_train, n_valid=n_valid,
                 n_tiles=len(rows), n_files_skipped=n_skipped, n_mostly_background=n_weak,
-                fg_frac=FG_FRAC, hr_only=crap_func is None,
+                fg_frac=FG_FRAC, hr_only=crap_func is None, hr_pixel_size=hr_pixel_size(rows, root),
                 hr_dirs=[(cfg.hrs_dir(t) if crap_func is None and n_frames > 1 else cfg.hr_dir(t)).name for t in tiles],
                 lr_dirs=[cfg.lr_dir(t).name for t in tiles] if crap_func else [])
-    with atomic_path(root / "dataset.json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=1))
+    if dist.is_main():
+        with atomic_path(root / "dataset.json") as tmp:
+            tmp.write_text(json.dumps(meta, indent=1))
     return meta

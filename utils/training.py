@@ -2,7 +2,8 @@
 
 A run is a list of stages grouped in rounds. A round fixes the HR crop size, tile size and batch size and keeps
 one best model `{name}_best_{size}`; its stages are fit_one_cycle calls (frozen encoder or not, one lr or a
-discriminative slice). Each round starts from the previous round's best model (progressive resizing).
+discriminative range). Each round starts from the previous round's best model (progressive resizing) and may
+read its own data set (the paper's EM rounds use 128/256/512-px tiles, Supplementary Table 3).
 """
 import json
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,7 @@ from fastai.callback.core import Callback
 from fastai.callback.tracker import SaveModelCallback
 from fastai.learner import Learner
 from fastai.metrics import AvgMetric
-from fastai.torch_core import params, rank_distrib
+from fastai.torch_core import distrib_barrier, params, rank_distrib
 from fastcore.foundation import L
 import numpy as np
 
@@ -29,7 +30,7 @@ from .fileio import atomic_path
 from .model import load_safe, model_paths, save_model
 
 __all__ = ["psnr", "ssim", "sr_metrics", "CPUFastPath", "add_precision", "unet_splitter", "BestModel",
-           "EpochCheckpoint", "Stage", "Round", "read_schedule", "single_round", "lr_arg", "ckpt_path",
+           "EpochCheckpoint", "Stage", "Round", "read_schedule", "single_round", "lr_arg", "N_GROUPS", "ckpt_path",
            "read_ckpt", "unwrap", "plain_opt_state", "bilinear_baseline", "export_learner", "fit_rounds", "plan_of"]
 
 
@@ -126,22 +127,31 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
+N_GROUPS = 3  # layer groups, as the original's fastai v1 split of a ResNet U-Net
+
+
 def unet_splitter(model: nn.Module) -> list:
-    """Two layer groups, encoder body vs everything else: `freeze()` trains only the decoder, and
-    `slice(lr_start, lr)` gives the encoder the small rate and the decoder the large one."""
+    """The original's three layer groups: encoder stem..layer2, encoder layer3..end, decoder + head (fastai v1
+    split a ResNet body at its 7th child, layer3). `freeze()` trains only the decoder; discriminative rates
+    rise from the first group to the last."""
     m = unwrap(model)
     body = m.unet.layers[0]
-    body_ids = {id(p) for p in params(body)}
-    return [params(body), [p for p in params(m) if id(p) not in body_ids]]
+    cut = min(6, len(body) - 1)  # an --encoder_stride 8/16 body is shorter than a full ResNet
+    low, high = params(body[:cut]), params(body[cut:])
+    body_ids = {id(p) for p in low + high}
+    return [low, high, [p for p in params(m) if id(p) not in body_ids]]
 
 
-def lr_arg(lr: Union[float, Sequence[float]]) -> Union[float, slice]:
-    """A float, or [lo, hi] for discriminative rates spread over the layer groups (fastai's slice)."""
+def lr_arg(lr: Union[float, Sequence[float]], n_groups: int = N_GROUPS) -> List[float]:
+    """Per-layer-group learning rates. A float `lr` is the original's `slice(lr)`: lr/10 for every group but the
+    last. A range [lo, hi] is spaced linearly from the first group to the last, as the paper's Methods
+    ("Discriminative Learning Rates": "a linearly spaced learning rate range lr_2") say; the original code
+    (fastai's slice(lo, hi)) spaced it geometrically."""
     if isinstance(lr, (list, tuple)):
         if len(lr) != 2:
             fail(None, f"a learning-rate range needs [lo, hi], got {lr}")
-        return slice(float(lr[0]), float(lr[1]))
-    return float(lr)
+        return [float(v) for v in np.linspace(float(lr[0]), float(lr[1]), n_groups)]
+    return [float(lr) / 10] * (n_groups - 1) + [float(lr)]
 
 
 @dataclass
@@ -154,11 +164,13 @@ class Stage:
 
 @dataclass
 class Round:
-    """One resolution of progressive resizing: HR crop `size` from `tile_sz` tiles, batch `bs`."""
+    """One resolution of progressive resizing: HR crop `size` from `tile_sz` tiles, batch `bs`, from the data
+    set `datasetname` (None: train.py's --datasetname)."""
     size: int
     tile_sz: int
     bs: int
     stages: List[Stage] = field(default_factory=list)
+    datasetname: Optional[str] = None
 
     @property
     def epochs(self) -> int:
@@ -186,7 +198,8 @@ def read_schedule(path: Path) -> List[Round]:
         rounds = []
         for r in spec["rounds"]:
             stages = [s for s in (_stage(path, r.get("frozen"), True), _stage(path, r.get("unfrozen"), False)) if s]
-            rounds.append(Round(int(r["size"]), int(r.get("tile_sz", r["size"])), int(r["bs"]), stages))
+            rounds.append(Round(int(r["size"]), int(r.get("tile_sz", r["size"])), int(r["bs"]), stages,
+                                r.get("datasetname")))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         fail(path, f"not a valid schedule ({type(e).__name__}: {e}); see README 'Step 3'")
     if not rounds or not all(r.stages for r in rounds):
@@ -196,7 +209,7 @@ def read_schedule(path: Path) -> List[Round]:
 
 def single_round(size: int, tile_sz: int, bs: int, cycles: int, lr: float, lr_start: Optional[float],
                  freeze: bool) -> List[Round]:
-    """The original train.py: one fit_one_cycle of `cycles` epochs at `lr` (or slice(lr_start, lr))."""
+    """The original train.py: one fit_one_cycle of `cycles` epochs at `lr` (or the range lr_start..lr)."""
     return [Round(size, tile_sz, bs, [Stage(cycles, [lr_start, lr] if lr_start else lr, freeze)])]
 
 
@@ -242,6 +255,7 @@ class BestModel(SaveModelCallback):
         self.last_saved_path = save_model(unwrap(self.model), meta, name, self.model_dir)
 
     def after_fit(self, **kwargs):
+        distrib_barrier()  # rank 0 has written the best weights: every rank loads the same ones
         pth = model_paths(self.fname, self.model_dir)["pth"]
         if pth.exists():
             unwrap(self.model).load_state_dict(torch.load(pth, map_location="cpu", weights_only=True))
@@ -342,8 +356,10 @@ def fit_rounds(rounds: List[Round], make_learner, final_name: str, model_dir: Pa
             elif step == first == 0 and opt_state is not None:
                 _load_opt(learn, opt_state)
             cbs = [EpochCheckpoint(ck_path, step, plan, best)]
-            # SyncBatchNorm is CUDA-only; CPU processes (gloo) keep plain BatchNorm.
-            with learn.distrib_ctx(sync_bn=learn.dls.device.type == "cuda"):
+            # SyncBatchNorm is CUDA-only; CPU processes (gloo) keep plain BatchNorm, and need accelerate's `cpu`:
+            # without it, on a machine without CUDA, accelerate sees no distributed run and wraps nothing.
+            cpu = learn.dls.device.type != "cuda"
+            with learn.distrib_ctx(sync_bn=not cpu, cpu=cpu):
                 learn.fit_one_cycle(stage.epochs, lr_arg(stage.lr), cbs=cbs, start_epoch=start)
             # fastai leaves DistributedTrainer (and its Accelerator) on the learner when WORLD_SIZE is 1;
             # it would pile up over stages and cannot be pickled by export.
