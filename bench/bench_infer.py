@@ -38,7 +38,7 @@ from utils.fileio import atomic_path  # noqa: E402
 from utils.model import build_model, make_meta  # noqa: E402
 from utils.restore import Predictor, restore_frame  # noqa: E402
 
-BIG_SCRIPT = """
+MEM_SCRIPT = """
 import sys, time
 sys.path.insert(0, sys.argv[3])
 import utils
@@ -53,10 +53,21 @@ def peak_rss():
 with open_source(sys.argv[1]) as src:
     base = peak_rss()
     t = time.perf_counter()
-    restore_file(src, sys.argv[2], Predictor(Upsampler(4), 4, batch_size=8, multiple=1), RestoreSpec(tile=256, overlap=16))
+    restore_file(src, sys.argv[2], Predictor(Upsampler(4), 4, batch_size=8, multiple=1),
+                 RestoreSpec(tile=256, overlap=16, dtype=sys.argv[4]))
     dt = time.perf_counter() - t
 print(base, peak_rss(), dt)
 """
+
+
+def measure_restore(src: Path, dest: Path, dtype: str = "float32") -> tuple:
+    """(RSS before, peak RSS, seconds) of restoring `src` into `dest` (TIFF, or OME-Zarr for `.zarr`) with the
+    bilinear network in a fresh process, so that the peak counts this restoration only."""
+    r = subprocess.run([sys.executable, "-c", MEM_SCRIPT, src, dest, ROOT, dtype], capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(r.stderr)
+    base, peak, dt = r.stdout.split()[-3:]
+    return int(base), int(peak), float(dt)
 
 
 def run_once(pred: Predictor, lr: np.ndarray, tile) -> float:
@@ -161,10 +172,7 @@ def big_memory(n: int) -> dict:
         src, dest = Path(d) / "lr.tif", Path(d) / "out.tif"
         rng = np.random.default_rng(0)
         tifffile.imwrite(src, np.repeat(rng.integers(0, 65535, (n // 10, n), dtype=np.uint16), 10, axis=0))
-        r = subprocess.run([sys.executable, "-c", BIG_SCRIPT, src, dest, ROOT], capture_output=True, text=True)
-        if r.returncode:
-            raise SystemExit(r.stderr)
-        base, peak, dt = r.stdout.split()[-3:]
+        base, peak, dt = measure_restore(src, dest)
         out_bytes = dest.stat().st_size
     return dict(lr=f"{n}x{n}", out=f"{4 * n}x{4 * n} float32", out_gib=round(out_bytes / 2**30, 2),
                 rss_before_gib=round(int(base) / 2**30, 3), peak_rss_gib=round(int(peak) / 2**30, 3),

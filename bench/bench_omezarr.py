@@ -10,39 +10,20 @@ and a U-Net would need hours on a CPU for 400 MP. The default is a 20000² float
 pixels); issue 10 asks for less than 1 GB peak RSS.
 """
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np  # noqa: E402
 import tifffile  # noqa: E402
 
+from bench_infer import measure_restore  # noqa: E402
+
 LIMIT = 1 << 30  # issue 10: a 20000² output under 1 GB RSS
-
-SCRIPT = """
-import sys, time
-sys.path.insert(0, sys.argv[4])
-import utils
-from utils.restore import Predictor, RestoreSpec, Upsampler, restore_file
-from utils.sources import open_source
-
-def peak_rss():
-    # VmHWM restarts at exec; ru_maxrss would carry the parent's peak over
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-with open_source(sys.argv[1]) as src:
-    base = peak_rss()
-    t = time.perf_counter()
-    restore_file(src, sys.argv[2], Predictor(Upsampler(4), 4, batch_size=8, multiple=1),
-                 RestoreSpec(tile=256, overlap=16, dtype=sys.argv[3]))
-    dt = time.perf_counter() - t
-print(base, peak_rss(), dt)
-"""
 
 
 def lr_image(n: int) -> np.ndarray:
@@ -75,10 +56,7 @@ def main(big: int = 5000, dtype: str = "float32", out: str = "bench/out/bench_om
     with tempfile.TemporaryDirectory() as d:
         src, dest = Path(d) / "lr.tif", Path(d) / "out.ome.zarr"
         tifffile.imwrite(src, lr_image(big))
-        r = subprocess.run([sys.executable, "-c", SCRIPT, src, dest, dtype, ROOT], capture_output=True, text=True)
-        if r.returncode:
-            raise SystemExit(r.stderr)
-        base, peak, dt = r.stdout.split()[-3:]
+        base, peak, dt = measure_restore(src, dest, dtype)
         levels = check(dest, big)
         res = dict(lr=f"{big}x{big}", out=f"{4 * big}x{4 * big} {dtype}", levels=levels,
                    pixels_gib=round((4 * big) ** 2 * np.dtype(dtype).itemsize / 2 ** 30, 2),
