@@ -1,12 +1,23 @@
-"""Real-data quality (not a test): recipes/quick.sh on real EM, restored with image_gen.py's defaults on slices
-training never saw, against bilinear upsampling of the same LR, with a paired t-test.
+"""Real-data quality (not a test): recipes/quick.sh on real data, restored with image_gen.py's defaults on images
+training never saw, against bilinear upsampling of the same LR, with paired t-tests.
 
     python bench/bench_quality.py [--variants quick,fixed_pairs] [--minutes 20] [--work bench/out/quality] [--isbi TIF]
+    python bench/bench_quality.py --movies DIR|synthetic [--minutes 20]     # fluorescence time-lapse, 5 vs 1 frame
 
-Data: the ISBI 2012 ssTEM volume in ../shared/data/em_isbi2012 (30 x 512², 4 nm pixels): slices 0-19 are the
-training source, 20-23 its validation split, 24-29 the test set. The test LR comes from two degradations:
-`scan`, written here and unlike every crappifier (probe blur sigma 1 HR px, 4x point sampling, Poisson noise at
-50 photons for white plus Gaussian read noise 0.01), and `em`, the paper's EM crappifier that training uses.
+EM (default): the ISBI 2012 ssTEM volume in ../shared/data/em_isbi2012 (30 x 512², 4 nm pixels): slices 0-19 are
+the training source, 20-23 its validation split, 24-29 the test set. Test LR: `scan`, written here and unlike
+every crappifier (probe blur sigma 1 HR px, 4x point sampling, Poisson noise at 50 photons for white plus Gaussian
+read noise 0.01), and `em`, the paper's EM crappifier that training uses.
+
+Fluorescence (`--movies`): time-lapse TIFF/CZI files (2D + t; the first channel and middle slice are used). With
+three or more, the last is the test movie, the one before it validation, the rest training; with fewer, each is
+split in time (the last 20% of the frames test, the 10% before them validation, at least 5 frames each).
+`synthetic` generates seeded movies of drifting mitochondria (utils.sample_data) where no real one is at hand.
+quick.sh trains the 5-frame and the 1-frame model; test LR: `shot` (low dose: PSF blur sigma 1 HR px, 4x point
+sampling, Poisson noise at 30 photons for white over 2 of background, read noise 1.5 photons, stored as uint16
+counts as a detector gives them), `mild` (the same at 300 photons, read noise 3) and `fluo`, the paper's
+fluorescence crappifier that training uses. Every frame of a movie is scored.
+
 Metrics as metric_gen.py (PSNR/SSIM after norm_minmse). Each variant is quick.sh with some settings fixed
 (VARIANTS below); results go to WORK/quality.csv and are printed as a table.
 """
@@ -14,7 +25,9 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -29,7 +42,10 @@ from scipy.ndimage import gaussian_filter  # noqa: E402
 from utils.crappifiers import crappify, downsample  # noqa: E402
 from utils.errors import fail, run_cli  # noqa: E402
 from utils.metrics import slice_metrics  # noqa: E402
-from utils.norm import to_uint8  # noqa: E402
+from utils.norm import normalize, percentiles, to_uint8  # noqa: E402
+from utils.sample_data import FLUO_PIXEL_UM, fluo_movie, save_unlabelled_stack  # noqa: E402
+from utils.sources import find_images, open_source  # noqa: E402
+from utils.testset import read_stack  # noqa: E402
 
 ISBI = ROOT.parent / "shared" / "data" / "em_isbi2012" / "isbi2012_train.tif"
 # name: settings fixed for quick.sh (environment variables; see recipes/quick.sh)
@@ -37,6 +53,8 @@ VARIANTS = {
     "quick": {},
     "fixed_pairs": {"FRESH": "0"},
     "paper_noise": {"STRENGTH": "1"},
+    "mid_noise": {"STRENGTH": "0.25,2"},
+    "wide_noise": {"STRENGTH": "0.1,2"},
     "mse": {"LOSS": ""},
     "resnet18": {"ARCH": "resnet18"},
     # the paper's HR-space network (~5x slower per image than --lr_space, so fewer epochs), without and with
@@ -46,19 +64,59 @@ VARIANTS = {
     "lr_1e-3": {"LR": "1e-3"},
     "no_rotate_zoom": {"TRAIN_EXTRA": "--max_rotate 0 --max_zoom 1"},
 }
+Degradation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
 def degrade_scan(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A fast point scan unlike any crappifier: probe blur, 4x point sampling, Poisson + read noise."""
+    """A fast EM point scan unlike any crappifier: probe blur, 4x point sampling, Poisson + read noise; uint8."""
     lr = downsample(gaussian_filter(hr, 1.0), 4)
-    return np.clip(rng.poisson(lr * 50) / 50 + rng.normal(0, 0.01, lr.shape), 0, 1)
+    return to_uint8(np.clip(rng.poisson(lr * 50) / 50 + rng.normal(0, 0.01, lr.shape), 0, 1))
 
 
-DEGRADATIONS = {"scan": degrade_scan,
-                "em": lambda hr, rng: crappify("em_AG_D_sameas_preprint", hr, 4, rng)}
+def shot(photons: float, read: float) -> Degradation:
+    """A fast confocal scan: PSF blur, 4x point sampling, Poisson noise at `photons` for white over a 2-photon
+    background, Gaussian read noise of `read` photons; uint16 counts (x10, as a detector's gain)."""
+    def degrade(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        lr = downsample(gaussian_filter(hr, 1.0), 4)
+        counts = rng.poisson(lr * photons + 2) + rng.normal(0, read, lr.shape)
+        return np.clip(np.round(counts * 10), 0, 65535).astype(np.uint16)
+    return degrade
 
 
-def make_data(work: Path, isbi: Path = ISBI) -> Path:
+def crappified(name: str) -> Degradation:
+    return lambda hr, rng: to_uint8(crappify(name, hr, 4, rng))
+
+
+@dataclass
+class Bench:
+    """What quick.sh trains on one kind of data and how its test LR is made."""
+    crap_func: str
+    n_frames: Tuple[int, ...]
+    degradations: Dict[str, Degradation]
+    src: str = ""  # quick.sh's SRC_DIR under data/src
+
+
+EM = Bench("em_AG_D_sameas_preprint", (1,), {"scan": degrade_scan, "em": crappified("em_AG_D_sameas_preprint")})
+FLUO = Bench("new_crap_AG_SP", (5, 1), {"shot": shot(30, 1.5), "mild": shot(300, 3.0),
+                                         "fluo": crappified("new_crap_AG_SP")}, src="live")
+
+
+def write_test_set(data: Path, gts: Dict[str, np.ndarray], bench: Bench, seed: int,
+                   to_unit: Callable[[np.ndarray], np.ndarray]) -> None:
+    """data/test/gt/NAME.tif and data/test/lr_DEG/NAME.tif: each GT image or movie brought to [0, 1] by
+    `to_unit`, then degraded frame by frame."""
+    rng = np.random.default_rng(seed)
+    for d in ["gt"] + [f"lr_{k}" for k in bench.degradations]:
+        (data / "test" / d).mkdir(parents=True, exist_ok=True)
+    for name, gt in gts.items():
+        tifffile.imwrite(data / "test/gt" / f"{name}.tif", gt)
+        hr = np.clip(to_unit(gt), 0, 1).reshape(-1, *gt.shape[-2:])
+        for deg, degrade in bench.degradations.items():
+            lr = np.stack([degrade(f, rng) for f in hr])
+            tifffile.imwrite(data / "test" / f"lr_{deg}" / f"{name}.tif", lr.reshape(*gt.shape[:-2], *lr.shape[-2:]))
+
+
+def make_em_data(work: Path, isbi: Path = ISBI) -> Path:
     """Source tree and test sets under WORK/data (kept between runs)."""
     data = work / "data"
     if (data / "done").exists():
@@ -68,67 +126,146 @@ def make_data(work: Path, isbi: Path = ISBI) -> Path:
         (data / "src/em" / split).mkdir(parents=True, exist_ok=True)
         tifffile.imwrite(data / "src/em" / split / f"isbi_{split}.tif", part, imagej=True,
                          resolution=(250, 250), metadata={"unit": "um", "axes": "ZYX", "spacing": 0.05})
-    rng = np.random.default_rng(2012)
-    for d in ["gt"] + [f"lr_{k}" for k in DEGRADATIONS]:
-        (data / "test" / d).mkdir(parents=True, exist_ok=True)
-    for i, hr in enumerate(vol[24:], start=24):
-        tifffile.imwrite(data / "test/gt" / f"s{i}.tif", hr)
-        for k, degrade in DEGRADATIONS.items():
-            tifffile.imwrite(data / "test" / f"lr_{k}" / f"s{i}.tif", to_uint8(degrade(hr / np.float32(255), rng)))
+    write_test_set(data, {f"s{i}": hr for i, hr in enumerate(vol[24:], start=24)}, EM, 2012,
+                   lambda g: g / np.float32(255))
     (data / "done").touch()
     return data
 
 
-def run_quick(data: Path, out: Path, env: dict, minutes: float) -> tuple:
+def read_movies(movies: str) -> Dict[str, Tuple[np.ndarray, Optional[float]]]:
+    """name: ((t, y, x) movie, pixel size) of every time-lapse under MOVIES, or seeded synthetic ones."""
+    if movies == "synthetic":
+        rng = np.random.default_rng(7)
+        sizes = [(384, 20), (384, 20), (256, 12), (320, 16)]  # train, train, valid, test
+        return {f"movie{i}": (fluo_movie(s, t, rng), FLUO_PIXEL_UM) for i, (s, t) in enumerate(sizes)}
+    files = find_images(Path(movies), recursive=True)
+    if not files:
+        fail(movies, "no .tif/.tiff/.czi time-lapse in this folder")
+    out = {}
+    for p in files:
+        with open_source(p, live=True) as src:
+            if src.nt < 5:
+                fail(p, f"{src.nt} time points; a time-lapse for the 5-frame model needs at least 5")
+            out[p.stem] = read_stack(src)[:, src.nz // 2, 0], src.pixel_size
+    return out
+
+
+def split_movies(movies: dict) -> Tuple[dict, dict, dict]:
+    """(train, valid, test) movies: whole movies when there are 3 or more, else each split in time (the last
+    20% of the frames test, the 10% before them validation, at least 5 frames each; the rest train)."""
+    names = list(movies)
+    if len(names) >= 3:
+        return ({n: movies[n] for n in names[:-2]}, {names[-2]: movies[names[-2]]}, {names[-1]: movies[names[-1]]})
+    parts = ({}, {}, {})
+    for n, (m, px) in movies.items():
+        t = len(m)
+        b = t - max(5, round(0.2 * t))
+        a = b - max(5, round(0.1 * t))
+        if a < 5:
+            fail(n, f"{t} time points: too few to split in time (train, validation and test need 5 each); "
+                    "give 3 or more movies instead")
+        for part, (lo, hi) in zip(parts, ((0, a), (a, b), (b, t))):
+            part[n] = m[lo:hi], px
+    return parts
+
+
+def make_fluo_data(work: Path, movies: str) -> Path:
+    """Step-1 source tree (a `live` folder: stack pages are time points) and test sets under WORK/data."""
+    data = work / "data"
+    if (data / "done").exists():
+        return data
+    train, valid, test = split_movies(read_movies(movies))
+    for split, part in (("train", train), ("valid", valid)):
+        for name, (m, px) in part.items():
+            save_unlabelled_stack(data / "src/live/fluo" / split / f"{name}.tif", m, px)
+    write_test_set(data, {n: m for n, (m, _) in test.items()}, FLUO, 99,
+                   lambda m: normalize(m.astype(np.float32), *percentiles(m)))
+    (data / "done").touch()
+    return data
+
+
+def run_quick(data: Path, out: Path, bench: Bench, n_frames: int, env: dict, minutes: float) -> tuple:
     """(model name, seconds) of one quick.sh run; its log goes to OUT/quick.log."""
     t0 = time.time()
     with open(out / "quick.log", "w") as log:
-        r = subprocess.run(["bash", str(ROOT / "recipes" / "quick.sh"), str(data / "src"), str(out),
-                            "em_AG_D_sameas_preprint"], stdout=subprocess.PIPE, stderr=log, text=True,
+        r = subprocess.run(["bash", str(ROOT / "recipes" / "quick.sh"), str(data / "src" / bench.src), str(out),
+                            bench.crap_func, str(n_frames)], stdout=subprocess.PIPE, stderr=log, text=True,
                            env={**os.environ, "PY": sys.executable, "MINUTES": str(minutes), **env})
     if r.returncode:
         fail(out / "quick.log", f"quick.sh failed (exit {r.returncode})")
     return r.stdout.strip().splitlines()[-1], time.time() - t0
 
 
-def score(data: Path, out: Path, model: str) -> list:
-    """Per-degradation rows: mean PSNR/SSIM of the model and of bilinear, and the paired t-test p."""
+def frame_metrics(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """(PSNR, SSIM) of every 2D frame of a GT image or movie and its restoration."""
+    g, p = gt.reshape(-1, *gt.shape[-2:]).astype(np.float32), pred.reshape(-1, *pred.shape[-2:])
+    return np.array([slice_metrics(a, b) for a, b in zip(g, p)])
+
+
+def restore(data: Path, out: Path, model: str, deg: str) -> Dict[str, np.ndarray]:
+    """Per-frame (PSNR, SSIM) of `model` and of bilinear on test set `deg`, restored with image_gen's defaults."""
+    dest = out / f"restored_{deg}"
+    subprocess.run([sys.executable, str(ROOT / "image_gen.py"), str(data / "test" / f"lr_{deg}"), str(dest),
+                    "--models", model, "--model_dir", str(out / "models"), "--baselines", "--force"],
+                   check=True, capture_output=True)
+    scores = {model: [], "bilinear": []}
+    for gt in sorted((data / "test/gt").glob("*.tif")):
+        g = tifffile.imread(gt)
+        for key, name in ((model, model), ("bilinear", "LR-bilinear")):
+            scores[key].append(frame_metrics(g, tifffile.imread(dest / name / f"{gt.stem}_{name}.tif")))
+    return {k: np.concatenate(v) for k, v in scores.items()}
+
+
+def compare(m: np.ndarray, ref: np.ndarray, ref_name: str) -> dict:
+    """Mean gains of per-frame scores `m` over `ref` and the paired t-test of PSNR."""
+    return {f"d_psnr_{ref_name}": (m[:, 0] - ref[:, 0]).mean(),
+            f"p_psnr_{ref_name}": stats.ttest_rel(m[:, 0], ref[:, 0]).pvalue,
+            f"d_ssim_{ref_name}": (m[:, 1] - ref[:, 1]).mean()}
+
+
+def score(data: Path, outs: Dict[int, Tuple[Path, str]], bench: Bench) -> list:
+    """Rows per degradation and model: mean PSNR/SSIM, gains over bilinear and, for several frames, over the
+    1-frame model of the same variant."""
     rows = []
-    for deg in DEGRADATIONS:
-        dest = out / f"restored_{deg}"
-        subprocess.run([sys.executable, str(ROOT / "image_gen.py"), str(data / "test" / f"lr_{deg}"), str(dest),
-                        "--models", model, "--model_dir", str(out / "models"), "--baselines", "--force"],
-                       check=True, capture_output=True)
-        m, b = [], []
-        for gt in sorted((data / "test/gt").glob("*.tif")):
-            g = tifffile.imread(gt).astype(np.float32)
-            m.append(slice_metrics(g, tifffile.imread(dest / model / f"{gt.stem}_{model}.tif")))
-            b.append(slice_metrics(g, tifffile.imread(dest / "LR-bilinear" / f"{gt.stem}_LR-bilinear.tif")))
-        m, b = np.array(m), np.array(b)
-        rows.append(dict(degradation=deg, psnr=m[:, 0].mean(), psnr_bilinear=b[:, 0].mean(),
-                         d_psnr=(m[:, 0] - b[:, 0]).mean(), p_psnr=stats.ttest_rel(m[:, 0], b[:, 0]).pvalue,
-                         ssim=m[:, 1].mean(), ssim_bilinear=b[:, 1].mean(), d_ssim=(m[:, 1] - b[:, 1]).mean()))
+    for deg in bench.degradations:
+        per = {nf: restore(data, out, model, deg) for nf, (out, model) in outs.items()}
+        for nf, s in per.items():
+            m, b = s[outs[nf][1]], s["bilinear"]
+            row = dict(degradation=deg, n_frames=nf, model=outs[nf][1], frames=len(m), psnr=m[:, 0].mean(),
+                       ssim=m[:, 1].mean(), psnr_bilinear=b[:, 0].mean(), ssim_bilinear=b[:, 1].mean(),
+                       **compare(m, b, "bilinear"))
+            if nf > 1 and 1 in per:
+                row.update(compare(m, per[1][outs[1][1]], "1frame"))
+            rows.append(row)
     return rows
 
 
-def main(variants: str = "quick", minutes: float = 20, work: str = "bench/out/quality", isbi: str = str(ISBI)) -> None:
-    """Run each variant of quick.sh and score it; --isbi points at the volume where ../shared is elsewhere."""
-    if not Path(isbi).is_file():
-        fail(isbi, "real EM volume not found (../shared/data/em_isbi2012, or give --isbi)")
-    names = [v for v in str(variants).replace(" ", "").split(",") if v]
+def main(variants: str = "quick", minutes: float = 20, work: str = "bench/out/quality", isbi: str = str(ISBI),
+         movies: Optional[str] = None) -> None:
+    """Run each variant of quick.sh and score it. --isbi points at the EM volume where ../shared is elsewhere;
+    --movies DIR (or `synthetic`) benchmarks fluorescence time-lapses instead (module docstring)."""
+    names = list(variants) if isinstance(variants, (list, tuple)) else [v for v in str(variants).split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         fail(None, f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     work = Path(work).resolve()
-    data = make_data(work, Path(isbi))
+    if movies:
+        bench, data = FLUO, make_fluo_data(work, str(movies))
+    else:
+        if not Path(isbi).is_file():
+            fail(isbi, "real EM volume not found (../shared/data/em_isbi2012, or give --isbi)")
+        bench, data = EM, make_em_data(work, Path(isbi))
     results = []
     for v in names:
-        out = work / v
-        out.mkdir(parents=True, exist_ok=True)
-        model, secs = run_quick(data, out, VARIANTS[v], minutes)
-        for row in score(data, out, model):
-            results.append(dict(variant=v, model=model, minutes=round(secs / 60, 1), **row))
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in results[-1].items()),
+        outs, secs = {}, {}
+        for nf in bench.n_frames:
+            out = work / (v if len(bench.n_frames) == 1 else f"{v}_{nf}frame")
+            out.mkdir(parents=True, exist_ok=True)
+            model, secs[nf] = run_quick(data, out, bench, nf, VARIANTS[v], minutes)
+            outs[nf] = out, model
+        for row in score(data, outs, bench):
+            results.append(dict(variant=v, minutes=round(secs[row["n_frames"]] / 60, 1), **row))
+            print(" ".join(f"{k}={x:.4g}" if isinstance(x, float) else f"{k}={x}" for k, x in results[-1].items()),
                   flush=True)
     df = pd.DataFrame(results)
     csv = work / "quality.csv"

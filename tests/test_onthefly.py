@@ -164,7 +164,7 @@ def test_planner_paces_training_by_the_slower_of_network_and_data(sample_info):
     """Beside a GPU, data-loader workers crappify; the plan's rate is the slower of the two sides."""
     import pandas as pd
     assert pick_workers("cpu") == 0 and pick_workers("cuda") >= 1
-    assert pipeline_rate(12.0, 50.0, 0) == 12.0  # one process: the probe's rate (calibrated on 2 cores)
+    assert pipeline_rate(12.0, 48.0, 0) == pytest.approx(9.6)  # one process: network and crappifying take turns
     assert pipeline_rate(1000.0, 20.0, 8) == pytest.approx(0.9 * 8 * 20)  # data-bound GPU
     assert pipeline_rate(100.0, 20.0, 8) == 100.0  # network-bound
     df = pd.read_csv(sample_info)

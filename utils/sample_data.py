@@ -112,13 +112,12 @@ def fluo_movie(size: int, n_frames: int, rng: np.random.Generator) -> np.ndarray
     return movie
 
 
-def save_unlabelled_stack(dest: Path, stack: np.ndarray, pixel_um: float) -> None:
+def save_unlabelled_stack(dest: Path, stack: np.ndarray, pixel_um: Optional[float] = None) -> None:
     """A plain multi-page TIFF with no axis labels, as many acquisition programs write:
     only the folder convention (`live`) says whether its pages are t or z."""
-    px_per_cm = 1e4 / pixel_um
+    res = {} if not pixel_um else dict(resolution=(1e4 / pixel_um, 1e4 / pixel_um), resolutionunit="CENTIMETER")
     with atomic_path(dest) as tmp:
-        tifffile.imwrite(tmp, stack, compression="zlib", resolution=(px_per_cm, px_per_cm),
-                         resolutionunit="CENTIMETER")
+        tifffile.imwrite(tmp, stack, compression="zlib", **res)
 
 
 def write_sample_tree(out: Path, seed: int = 0, clean: bool = False) -> Path:

@@ -1,0 +1,73 @@
+"""bench/bench_quality.py's data preparation: how a lab's time-lapses are split and how test LR is made
+(the benchmark itself trains for minutes and is not run here)."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import bench_quality as bq  # noqa: E402
+from utils.errors import PSSRError  # noqa: E402
+
+
+def _movie(t, size=32, seed=0):
+    return np.random.default_rng(seed).integers(0, 4000, (t, size, size)).astype(np.uint16)
+
+
+def test_few_movies_split_in_time_without_overlap():
+    m = _movie(30)
+    train, valid, test = bq.split_movies({"a": (m, 0.05)})
+    tr, va, te = train["a"][0], valid["a"][0], test["a"][0]
+    assert (len(tr), len(va), len(te)) == (19, 5, 6)
+    assert np.array_equal(np.concatenate([tr, va, te]), m)  # consecutive, disjoint, nothing dropped
+    assert test["a"][1] == 0.05
+
+
+def test_many_movies_split_whole():
+    movies = {k: (_movie(6, seed=i), None) for i, k in enumerate("abcd")}
+    train, valid, test = bq.split_movies(movies)
+    assert (list(train), list(valid), list(test)) == (["a", "b"], ["c"], ["d"])
+
+
+def test_too_short_movie_is_refused():
+    with pytest.raises(PSSRError, match="too few to split"):
+        bq.split_movies({"short": (_movie(14), None)})
+
+
+def test_test_set_degrades_every_frame(tmp_path):
+    gt = _movie(6, size=64)
+    bq.write_test_set(tmp_path, {"m": gt}, bq.FLUO, 0, lambda m: m / np.float32(4000))
+    assert np.array_equal(tifffile.imread(tmp_path / "test/gt/m.tif"), gt)
+    for deg in bq.FLUO.degradations:
+        lr = tifffile.imread(tmp_path / f"test/lr_{deg}/m.tif")
+        assert lr.shape == (6, 16, 16)
+        assert len({f.tobytes() for f in lr}) == 6  # fresh noise in every frame
+    assert tifffile.imread(tmp_path / "test/lr_shot/m.tif").dtype == np.uint16  # detector counts
+    # fewer photons, more relative noise: `shot` is noisier than `mild` on the same frames
+    cv = {d: np.std(np.diff(tifffile.imread(tmp_path / f"test/lr_{d}/m.tif").astype(float), axis=0))
+          / tifffile.imread(tmp_path / f"test/lr_{d}/m.tif").mean() for d in ("shot", "mild")}
+    assert cv["shot"] > 1.5 * cv["mild"]
+
+
+def test_synthetic_movies_make_a_source_tree(tmp_path, monkeypatch):
+    monkeypatch.setattr(bq, "fluo_movie", lambda size, t, rng: _movie(t, 64, int(rng.integers(99))))
+    data = bq.make_fluo_data(tmp_path, "synthetic")
+    assert sorted(p.relative_to(data).as_posix() for p in (data / "src").rglob("*.tif")) == [
+        "src/live/fluo/train/movie0.tif", "src/live/fluo/train/movie1.tif", "src/live/fluo/valid/movie2.tif"]
+    assert tifffile.imread(data / "test/lr_mild/movie3.tif").shape == (16, 16, 16)
+
+
+def test_lab_movies_are_read_and_short_ones_refused(tmp_path):
+    folder = tmp_path / "movies"
+    folder.mkdir()
+    tifffile.imwrite(folder / "cell.tif", _movie(30, 64))
+    movies = bq.read_movies(str(folder))
+    assert list(movies) == ["cell"] and movies["cell"][0].shape == (30, 64, 64) and movies["cell"][1] is None
+    data = bq.make_fluo_data(tmp_path / "work", str(folder))
+    assert tifffile.imread(data / "src/live/fluo/train/cell.tif").shape == (19, 64, 64)
+    assert tifffile.imread(data / "test/lr_shot/cell.tif").shape == (6, 16, 16)
+    tifffile.imwrite(folder / "blip.tif", _movie(4, 64), photometric="minisblack")
+    with pytest.raises(PSSRError, match="blip.tif.*4 time points"):
+        bq.read_movies(str(folder))
