@@ -1,4 +1,5 @@
 """Shared fixtures: the generated sample source tree and its step-1 info CSV (built once per session)."""
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,23 @@ def sample_info(sample_tree, tmp_path_factory) -> Path:
     """Step-1 CSV of the sample tree, named `sample.csv` as in the Makefile demo."""
     out = tmp_path_factory.mktemp("info") / "sample.csv"
     return write_info(build_info([sample_tree / "fixed", sample_tree / "live"]), out)
+
+
+@pytest.fixture(scope="module")
+def module_dir(tmp_path_factory):
+    """`module_dir(name)`: a fresh folder for a module's shared fixtures, all removed when the module ends.
+
+    Models and their optimizer state weigh 100+ MB each and CI's disk can be small: nothing outlives its module
+    (tests/pytest.ini likewise drops a passed test's tmp_path)."""
+    made = []
+
+    def make(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield make
+    for d in made:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def run_script(*args, cwd=ROOT) -> subprocess.CompletedProcess:

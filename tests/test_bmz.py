@@ -34,9 +34,9 @@ def no_network(*args, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(module_dir):
     """One epoch of the paper's HR-space U-Net (self-attention on) on a tiny data set of 128-px tiles."""
-    root = tmp_path_factory.mktemp("bmz")
+    root = module_dir("bmz")
     make_dataset(root / "datasets", DS, tile=128, n_train=4, n_valid=2)
     train.main(datasetname=DS, data_path=str(root / "datasets"), model_dir=str(root / "models"), save_name="tiny",
                arch="resnet18", bs=4, size=128, tile_sz=128, cycles=1, lr=1e-3, fp32=True, encoder_stride=8)

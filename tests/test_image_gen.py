@@ -20,9 +20,9 @@ import image_gen  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> Path:
+def models(module_dir) -> Path:
     """Untrained small models in the step-3 format: single-frame and 5-frame (time)."""
-    d = tmp_path_factory.mktemp("models")
+    d = module_dir("models")
     for name, kw in (("toy", {}), ("toy5", dict(n_frames=5, lr_type="t"))):
         meta = make_meta(arch="resnet18", **kw)
         save_model(build_model(meta), meta, name, d)
@@ -113,9 +113,9 @@ def test_default_tiles_are_the_models_training_crop(models, src, tmp_path, monke
 # --------------------------------------------------------------------------- pixel size (issue 8)
 
 @pytest.fixture(scope="module")
-def model_2nm(tmp_path_factory) -> Path:
+def model_2nm(module_dir) -> Path:
     """A fast toy model whose .json records its training HR pixel size, 2 nm (so its input is 8 nm)."""
-    d = tmp_path_factory.mktemp("models_px")
+    d = module_dir("models_px")
     meta = make_meta(arch="resnet18", lr_space=True, encoder_stride=16, hr_pixel_size=0.002)
     save_model(build_model(meta), meta, "px", d)
     return d

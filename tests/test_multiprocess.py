@@ -112,9 +112,9 @@ def test_two_process_tiling_is_byte_identical(sample_info, tmp_path):
 # --------------------------------------------------------------------------- step 4
 
 @pytest.fixture(scope="module")
-def restore_case(tmp_path_factory):
+def restore_case(module_dir):
     """A 7-frame time-lapse and an image, a 5-frame model, and their one-process restoration (the reference)."""
-    d = tmp_path_factory.mktemp("mp_restore")
+    d = module_dir("mp_restore")
     # LR-space U-Net without attention: ~3x faster to run here than the paper's HR-space one
     meta = make_meta(arch="resnet18", n_frames=5, lr_type="t", lr_space=True, encoder_stride=16, self_attention=False)
     save_model(build_model(meta), meta, "toy5", d / "models")

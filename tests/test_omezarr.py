@@ -37,8 +37,8 @@ def read_ngff(path: Path):
 
 
 @pytest.fixture(scope="module")
-def toy_model(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("models")
+def toy_model(module_dir) -> Path:
+    d = module_dir("models")
     meta = make_meta(arch="resnet18", lr_space=True, encoder_stride=16)  # the U-Net on LR pixels: fast on CPU
     save_model(build_model(meta), meta, "toy", d)
     return d

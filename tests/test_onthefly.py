@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def hr_sets(sample_info, tmp_path_factory):
+def hr_sets(sample_info, module_dir):
     """HR-only data sets of the sample data: EM single frames and 5-frame fluorescence stacks."""
-    out = tmp_path_factory.mktemp("hr_sets")
+    out = module_dir("hr_sets")
     make_dataset(out, sample_info, [64], 8, 4, crap_func=None, only=["em"], seed=1)
     make_dataset(out / "mf", sample_info, [64], 8, 4, crap_func=None, n_frames=5, lr_type="t", only=["fluo_live"],
                  seed=1)

@@ -14,9 +14,9 @@ pytestmark = pytest.mark.skipif(not ISBI.is_file(), reason="../shared/data/em_is
 
 
 @pytest.fixture(scope="module")
-def isbi_info(tmp_path_factory):
+def isbi_info(module_dir):
     """The volume split as the shared README suggests: slices 0-23 train, 24-29 valid (4 nm pixels kept)."""
-    root = tmp_path_factory.mktemp("isbi")
+    root = module_dir("isbi")
     vol = tifffile.imread(ISBI)
     for split, part in (("train", vol[:24]), ("valid", vol[24:])):
         (root / "em" / split).mkdir(parents=True)

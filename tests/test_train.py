@@ -35,17 +35,17 @@ FAST = dict(arch="resnet18", bs=4, size=32, tile_sz=64, lr=1e-3, attn=False, fp3
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
+def data(module_dir):
+    root = module_dir("datasets")
     make_dataset(root, NAME, tile=64, n_train=8, n_valid=4)
     make_dataset(root, "t_5_tiny", tile=64, n_train=8, n_valid=4, n_frames=5, lr_type="t")
     return root
 
 
 @pytest.fixture(scope="module")
-def trained(data, tmp_path_factory):
+def trained(data, module_dir):
     """One 2-epoch run (CPU fast path, encoder from an ImageNet-style weights file) shared by several tests."""
-    d = tmp_path_factory.mktemp("trained")
+    d = module_dir("trained")
     torch.save(resnet18().state_dict(), d / "r18.pth")
     run(data, d / "models", cycles=2, fp32=False, pretrain=True, weights=str(d / "r18.pth"))
     return d / "models"
