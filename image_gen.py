@@ -97,7 +97,7 @@ def main(src_dir: str, out_dir: str, models: Union[None, str, Sequence[str]] = N
     middle, Gaussian sigma 1 on a 10-px band centred on the seam; Methods, "Elimination of Tiling Artifacts"),
     or cosine/linear blending ramps; memory is bounded by the tile row.
     whole: each frame in one piece (use_tiles is the original's flag, kept: tiling is the default now).
-    drop_edges: multi-frame models skip the first/last 2 frames as the original did (default: reflected window).
+    drop_edges: multi-frame models skip the first/last 2 frames as the original did (default: the edge frame repeated).
     scale: upsampling of --baselines when no model is given. resume: keep outputs already written.
     out_format: tif (ImageJ hyperstack) or ome-zarr. pixel_size: µm per input pixel, replacing the files' own
     (inputs are resampled to the model's training pixel size when its .json records one)."""

@@ -73,14 +73,20 @@ def test_load_model_missing_and_mismatched(tmp_path):
 
 
 def test_pretrained_weights_from_file(tmp_path):
-    """--weights: an ImageNet-style resnet state dict; the stem kernel is spread over the input frames."""
+    """--weights: an ImageNet-style resnet state dict; the grey (RGB-summed) stem kernel goes to the centre
+    frame, zeros to its neighbours, so the stem of a 5-frame model sees what a 1-frame model's does."""
     ref = resnet18()
     torch.save(ref.state_dict(), tmp_path / "resnet18-test.pth")
-    model = build_model(dict(arch="resnet18", n_frames=5, pretrained=True, imagenet_norm=True),
-                        find_weights("resnet18", tmp_path / "resnet18-test.pth"))
-    body = model.unet.layers[0]
-    expect = ref.conv1.weight.sum(dim=1, keepdim=True).repeat(1, 5, 1, 1) / 5
-    assert torch.allclose(body[0].weight, expect)
+    weights = find_weights("resnet18", tmp_path / "resnet18-test.pth")
+    stems = [build_model(dict(arch="resnet18", n_frames=n, pretrained=True, imagenet_norm=True), weights)
+             .unet.layers[0] for n in (5, 1)]
+    grey = ref.conv1.weight.sum(dim=1)
+    assert torch.equal(stems[0][0].weight[:, 2], grey) and torch.equal(stems[1][0].weight[:, 0], grey)
+    assert not stems[0][0].weight[:, [0, 1, 3, 4]].any()
+    frame, noise = torch.rand(1, 1, 32, 32), torch.rand(1, 5, 32, 32)
+    stack = torch.cat([noise[:, :2], frame, noise[:, 3:]], dim=1)
+    assert torch.allclose(stems[0][0](stack), stems[1][0](frame), atol=1e-5)
+    body = stems[0]
     assert torch.equal(body[4][0].conv1.weight, ref.layer1[0].conv1.weight)
 
 

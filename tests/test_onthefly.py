@@ -13,13 +13,14 @@ import torch
 import utils  # noqa: F401
 import train
 from utils.crappifiers import crappify, downsample, draw_strength, parse_strength
-from utils.data import find_hr_tiles
+from utils.data import EDGE_P, edge_window, find_hr_tiles
 from utils.errors import PSSRError
 from utils.model import load_model
 from utils.norm import to_uint8
 from utils.onthefly import FreshPairs, make_fly_dls, read_hr_stack
 from utils.quick import (estimate_strength, noise_sigma, pick_stride, pick_tile, pick_workers, pipeline_rate,
                          sample_rate)
+from utils.restore import frame_windows
 from utils.tiling import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +93,30 @@ def test_multi_frame_fresh_pairs(hr_sets):
     stack = read_hr_stack(spec.pairs["valid"][0][1], 5)
     lr, hr = dls.valid.dataset[0]
     assert torch.equal(hr[0], torch.from_numpy(stack[2]))  # the target is the centre frame
+
+
+def test_edge_windows_are_image_gens_first_and_last_windows(hr_sets):
+    """A share EDGE_P of training stacks is shown as image_gen shows a movie's first and last frames (the
+    frames beyond the edge repeat it); validation stacks never are."""
+    lr = np.arange(5)[:, None, None] * np.ones((5, 2, 2))
+    rng = np.random.default_rng(0)
+    drawn = {tuple(int(v) for v in edge_window(lr, rng)[:, 0, 0]) for _ in range(100)}
+    # the windows of a 5-frame movie, shifted so that each is centred on frame 2; the middle one is interior
+    movie = {tuple(i - t + 2 for i in w) for t, w in frame_windows(5, 5)} - {(0, 1, 2, 3, 4)}
+    assert drawn == movie and len(movie) == 4
+    spec = find_hr_tiles(hr_sets / "mf", "t_5_sample_hr", "t", 64, 5, 64)
+    items = [f for _, f in spec.pairs["train"]]
+
+    def n_edge(ds, epochs):
+        n = 0
+        for ds.epoch in range(epochs):
+            for i in range(len(ds)):
+                x = ds[i][0].numpy()
+                n += any(np.array_equal(x[j], x[j + 1]) for j in range(4))
+        return n, epochs * len(ds)
+    n, of = n_edge(FreshPairs(items, 5, 64, 4, "no_crap", seed=0), 10)
+    assert 0.5 * EDGE_P * of < n < 2 * EDGE_P * of, (n, of)
+    assert n_edge(FreshPairs(items, 5, 64, 4, "no_crap", seed=0, train=False), 3)[0] == 0
 
 
 def test_strength_scales_the_noise():

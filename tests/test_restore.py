@@ -21,10 +21,10 @@ from restore_helpers import ConvSR, smooth_image, write_stack  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_reflected_windows_keep_every_frame():
+def test_edge_windows_repeat_the_edge_frame_and_keep_every_frame():
     w = frame_windows(7, 5)
     assert [t for t, _ in w] == list(range(7))
-    assert w[0][1] == [2, 1, 0, 1, 2] and w[1][1] == [1, 0, 1, 2, 3] and w[6][1] == [4, 5, 6, 5, 4]
+    assert w[0][1] == [0, 0, 0, 1, 2] and w[1][1] == [0, 0, 1, 2, 3] and w[6][1] == [4, 5, 6, 6, 6]
     assert w[3][1] == [1, 2, 3, 4, 5]
     assert all(0 <= i < 2 for _, ins in frame_windows(2, 5) for i in ins)  # shorter than the window
     assert frame_windows(1, 5) == [(0, [0] * 5)]
@@ -59,7 +59,7 @@ def test_multiframe_output_frame_count(tmp_path, drop, expect):
 
 
 def test_multiframe_window_sees_neighbour_frames(tmp_path):
-    """Frame t of the output depends on frames t-2..t+2 (reflected), not on t alone."""
+    """Frame t of the output depends on frames t-2..t+2 (the edge frame repeated), not on t alone."""
     src_path = _timelapse(tmp_path, nt=5)
     pred = Predictor(ConvSR(4, 5), 4, multiple=1)
     with open_source(src_path, live=True) as src:
@@ -69,7 +69,7 @@ def test_multiframe_window_sees_neighbour_frames(tmp_path):
                 src.read(0, 0, 0), (2, 99.99)))] * 5), src.ny, src.nx, pred, 4)))
     out = tifffile.imread(tmp_path / "a.tif")
     assert out.shape == (5, 192, 192)
-    assert np.abs(out[0] - single).max() > 1e-3  # frame 0 mixes frames 2,1,0,1,2
+    assert np.abs(out[0] - single).max() > 1e-3  # frame 0 mixes frames 0,0,0,1,2
 
 
 def test_incompatible_frames_and_channels(tmp_path):
@@ -82,7 +82,7 @@ def test_incompatible_frames_and_channels(tmp_path):
         with pytest.raises(PSSRError, match="fewer than the model's 5"):
             plan_frames(src, 5, "z", drop_edges=True)
         plan, n_out = plan_frames(src, 5, "z")
-        assert n_out["Z"] == 4 and [f[1] for f in plan[0][3]] == [2, 1, 0, 1, 2]
+        assert n_out["Z"] == 4 and [f[1] for f in plan[0][3]] == [0, 0, 0, 1, 2]
 
 
 def _restore(img, model, tile=None, overlap=16, seam="cosine", scale=4):

@@ -339,3 +339,11 @@ def test_paired_augment_keeps_lr_and_hr_aligned():
         assert err < 0.1 * a_lr.std()  # a one-LR-pixel misalignment gives several times this
     c_lr, c_hr = CentreCrop(64, 4)((lr, hr), split_idx=1)
     assert torch.equal(c_hr, hr[:, 32:96, 32:96]) and torch.equal(c_lr, lr[:, 8:24, 8:24])
+    # a 5-frame stack (frame i = frame 0 + i): the centre stays the HR's, and some stacks become the windows of
+    # a movie's first or last frames, as image_gen fills them
+    stack, windows = torch.cat([lr + i for i in range(5)]), set()
+    for _ in range(100):
+        a_lr, a_hr = exact((stack, hr), split_idx=0)
+        assert torch.allclose(torch.from_numpy(downsample(a_hr.numpy(), 4))[0], a_lr[2] - 2, atol=1e-5)
+        windows.add(tuple(round(float((a_lr[i] - a_lr[2]).mean())) + 2 for i in range(5)))
+    assert windows == {(0, 1, 2, 3, 4), (2, 2, 2, 3, 4), (1, 1, 2, 3, 4), (0, 1, 2, 3, 3), (0, 1, 2, 2, 2)}

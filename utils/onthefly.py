@@ -8,7 +8,8 @@ the crappifier's statistics, the noise never repeats, and the same seed gives th
 
 Items are HR tiles of a step-2 data set: `hr_*` `.tif` tiles (one frame), or `hrs_*` `.npy` stacks
 (n_frames x h x w, from `tile_from_info.py --hr_only` with `--n_frames 5`) whose centre frame is the
-target and whose frames are each crappified, as the paper's multi-frame pairs (Methods).
+target and whose frames are each crappified, as the paper's multi-frame pairs (Methods); a share
+`data.EDGE_P` of them as the windows of a movie's first or last frames (`data.edge_window`).
 """
 import math
 from pathlib import Path
@@ -22,7 +23,7 @@ from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 
 from .crappifiers import crappify, draw_strength
-from .data import affine_crop, dihedral, dihedral_matrix, read_tile
+from .data import EDGE_P, affine_crop, dihedral, dihedral_matrix, edge_window, read_tile
 from .norm import to_uint8
 
 __all__ = ["read_hr_stack", "augment_hr", "FreshPairs", "SetDrawEpoch", "make_fly_dls"]
@@ -87,6 +88,8 @@ class FreshPairs:
         s = draw_strength(rng, *self.strength)
         # LR is stored as uint8 like real 8-bit scans and step-2 tiles, so both paths see the same quantization.
         lr = np.stack([to_uint8(crappify(self.crap_func, f, self.scale, rng, s)) for f in hr]).astype(np.float32) / 255
+        if self.train and self.n_frames > 1 and rng.random() < EDGE_P:
+            lr = edge_window(lr, rng)
         c = self.n_frames // 2
         return torch.from_numpy(lr), torch.from_numpy(np.ascontiguousarray(hr[c:c + 1]))
 
