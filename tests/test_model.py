@@ -86,8 +86,7 @@ def test_pretrained_weights_from_file(tmp_path):
     frame, noise = torch.rand(1, 1, 32, 32), torch.rand(1, 5, 32, 32)
     stack = torch.cat([noise[:, :2], frame, noise[:, 3:]], dim=1)
     assert torch.allclose(stems[0][0](stack), stems[1][0](frame), atol=1e-5)
-    body = stems[0]
-    assert torch.equal(body[4][0].conv1.weight, ref.layer1[0].conv1.weight)
+    assert torch.equal(stems[0][4][0].conv1.weight, ref.layer1[0].conv1.weight)
 
 
 def test_pretrained_weights_from_torch_cache(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from fastai.data.core import Datasets, DataLoaders
 from fasttransform import ItemTransform
 
 from .errors import PSSRError, fail
-from .restore import dihedral  # one definition, shared with test-time augmentation
+from .restore import dihedral, frame_windows  # one definition each, shared with inference
 from .norm import PCT_HI, PCT_LO
 
 __all__ = ["DataSpec", "find_dataset", "find_hr_tiles", "hr_dir_name", "read_tile", "read_lr", "read_hr", "PairedAugment",
@@ -230,13 +230,14 @@ EDGE_P = 0.2
 
 def edge_window(lr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """`lr` (n_frames, h, w) as a window at a movie's start or end: the movie begins (or ends) j frames from
-    the centre, j drawn from 0..n_frames // 2 - 1, and the frames beyond it repeat the edge frame, exactly as
-    `restore.frame_windows` fills the windows of the first and last frames (the same acquisition repeated).
+    the centre, j drawn from 0..n_frames // 2 - 1, and the frames beyond it repeat the edge frame: the window
+    `restore.frame_windows` gives that frame at inference (the same acquisition repeated).
     Trained on interior windows only, the 5-frame model scored 2 dB below the 1-frame one on the first and
     last frame of a held-out movie."""
-    k = lr.shape[0] // 2
-    d, j = np.arange(-k, k + 1), int(rng.integers(k))
-    idx = k + (np.maximum(d, -j) if rng.random() < 0.5 else np.minimum(d, j))
+    n = lr.shape[0]
+    k, j = n // 2, int(rng.integers(n // 2))
+    t = j if rng.random() < 0.5 else n - 1 - j  # frame t of an n-frame movie, j frames from one end
+    idx = np.array(frame_windows(n, n)[t][1]) - t + k  # its window, recentred on the stack's centre
     return lr[torch.from_numpy(idx)] if isinstance(lr, torch.Tensor) else lr[idx]
 
 
