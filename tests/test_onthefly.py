@@ -96,14 +96,14 @@ def test_multi_frame_fresh_pairs(hr_sets):
 
 
 def test_edge_windows_are_image_gens_first_and_last_windows(hr_sets):
-    """A share EDGE_P of training stacks is shown as image_gen shows a movie's first and last frames (the
+    """A share EDGE_P of training stacks is shown as image_gen shows a movie's first and last frame (the
     frames beyond the edge repeat it); validation stacks never are."""
     lr = np.arange(5)[:, None, None] * np.ones((5, 2, 2))
     rng = np.random.default_rng(0)
     drawn = {tuple(int(v) for v in edge_window(lr, rng)[:, 0, 0]) for _ in range(100)}
-    # the windows of a 5-frame movie, shifted so that each is centred on frame 2; the middle one is interior
-    movie = {tuple(i - t + 2 for i in w) for t, w in frame_windows(5, 5)} - {(0, 1, 2, 3, 4)}
-    assert drawn == movie and len(movie) == 4
+    # the windows of a 5-frame movie's first and last frame, shifted so that each is centred on frame 2
+    movie = {tuple(i - t + 2 for i in w) for t, w in frame_windows(5, 5) if t in (0, 4)}
+    assert drawn == movie == {(2, 2, 2, 3, 4), (0, 1, 2, 2, 2)}
     spec = find_hr_tiles(hr_sets / "mf", "t_5_sample_hr", "t", 64, 5, 64)
     items = [f for _, f in spec.pairs["train"]]
 
