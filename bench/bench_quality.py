@@ -2,12 +2,14 @@
 training never saw, against bilinear upsampling of the same LR, with paired t-tests.
 
     python bench/bench_quality.py [--variants quick,fixed_pairs] [--minutes 20] [--work bench/out/quality] [--isbi TIF]
+                                  [--reuse]
     python bench/bench_quality.py --movies DIR|synthetic [--minutes 20]     # fluorescence time-lapse, 5 vs 1 frame
 
 EM (default): the ISBI 2012 ssTEM volume in ../shared/data/em_isbi2012 (30 x 512², 4 nm pixels): slices 0-19 are
 the training source, 20-23 its validation split, 24-29 the test set. Test LR: `scan`, written here and unlike
 every crappifier (probe blur sigma 1 HR px, 4x point sampling, Poisson noise at 50 photons for white plus Gaussian
-read noise 0.01), and `em`, the paper's EM crappifier that training uses.
+read noise 0.01), `em`, the paper's EM crappifier that training uses, and FOREIGN_EM: LR made the way others
+make it (another sampling phase, an integrating detector, anti-aliased rescaling, lower dose, white noise).
 
 Fluorescence (`--movies`): time-lapse TIFF/CZI files (2D + t; the first channel and middle slice are used). With
 three or more, the last is the test movie, the one before it validation, the rest training; with fewer, each is
@@ -25,7 +27,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
@@ -38,6 +40,7 @@ import pandas as pd  # noqa: E402
 import tifffile  # noqa: E402
 from scipy import stats  # noqa: E402
 from scipy.ndimage import gaussian_filter  # noqa: E402
+from skimage.transform import rescale  # noqa: E402
 
 from utils.crappifiers import crappify, downsample  # noqa: E402
 from utils.errors import fail, run_cli  # noqa: E402
@@ -67,10 +70,27 @@ VARIANTS = {
 Degradation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
+def counted(lr: np.ndarray, rng: np.random.Generator, photons: float = 50) -> np.ndarray:
+    """Poisson noise at `photons` for white plus Gaussian read noise 0.01, as uint8."""
+    return to_uint8(np.clip(rng.poisson(np.clip(lr, 0, 1) * photons) / photons + rng.normal(0, 0.01, lr.shape), 0, 1))
+
+
 def degrade_scan(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A fast EM point scan unlike any crappifier: probe blur, 4x point sampling, Poisson + read noise; uint8."""
-    lr = downsample(gaussian_filter(hr, 1.0), 4)
-    return to_uint8(np.clip(rng.poisson(lr * 50) / 50 + rng.normal(0, 0.01, lr.shape), 0, 1))
+    return counted(downsample(gaussian_filter(hr, 1.0), 4), rng)
+
+
+# Test LR made the way other people make it (none is used in training): where `scan` samples the centre of
+# each 4x4 block, `stride` takes its corner (hr[::4, ::4], 1.5 HR px off), `area` integrates the block (a
+# slow detector), `aa` is scikit-image's rescale with its default anti-aliasing; `dose20` is `scan` at 20
+# photons, `gauss` white Gaussian noise (sigma 0.08) on the downsampled image.
+FOREIGN_EM = {
+    "stride": lambda hr, rng: counted(gaussian_filter(hr, 1.0)[::4, ::4], rng),
+    "area": lambda hr, rng: counted(hr.reshape(hr.shape[0] // 4, 4, hr.shape[1] // 4, 4).mean((1, 3)), rng),
+    "aa": lambda hr, rng: counted(rescale(hr, 0.25, anti_aliasing=True), rng),
+    "dose20": lambda hr, rng: counted(downsample(gaussian_filter(hr, 1.0), 4), rng, 20),
+    "gauss": lambda hr, rng: to_uint8(np.clip(downsample(hr, 4) + rng.normal(0, 0.08, np.shape(hr[::4, ::4])), 0, 1)),
+}
 
 
 def shot(photons: float, read: float) -> Degradation:
@@ -94,9 +114,11 @@ class Bench:
     n_frames: Tuple[int, ...]
     degradations: Dict[str, Degradation]
     src: str = ""  # quick.sh's SRC_DIR under data/src
+    foreign: Dict[str, Degradation] = field(default_factory=dict)  # more test LR, written when missing
 
 
-EM = Bench("em_AG_D_sameas_preprint", (1,), {"scan": degrade_scan, "em": crappified("em_AG_D_sameas_preprint")})
+EM = Bench("em_AG_D_sameas_preprint", (1,), {"scan": degrade_scan, "em": crappified("em_AG_D_sameas_preprint")},
+           foreign=FOREIGN_EM)
 FLUO = Bench("new_crap_AG_SP", (5, 1), {"shot": shot(30, 1.5), "mild": shot(300, 3.0),
                                          "fluo": crappified("new_crap_AG_SP")}, src="live")
 
@@ -116,18 +138,40 @@ def write_test_set(data: Path, gts: Dict[str, np.ndarray], bench: Bench, seed: i
             tifffile.imwrite(data / "test" / f"lr_{deg}" / f"{name}.tif", lr.reshape(*gt.shape[:-2], *lr.shape[-2:]))
 
 
+def write_foreign_sets(data: Path, bench: Bench, seed: int, to_unit: Callable[[np.ndarray], np.ndarray]) -> None:
+    """data/test/lr_DEG for each of `bench.foreign` not yet there, from data/test/gt: each with its own seeded
+    draws, so adding one changes no other test set."""
+    for k, (deg, degrade) in enumerate(bench.foreign.items()):
+        dest = data / "test" / f"lr_{deg}"
+        if dest.is_dir():
+            continue
+        rng, tmp = np.random.default_rng([seed, k]), dest.with_name(dest.name + ".partial")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for gt in sorted((data / "test/gt").glob("*.tif")):
+            g = tifffile.imread(gt)
+            hr = np.clip(to_unit(g), 0, 1).reshape(-1, *g.shape[-2:])
+            lr = np.stack([degrade(f, rng) for f in hr])
+            tifffile.imwrite(tmp / gt.name, lr.reshape(*g.shape[:-2], *lr.shape[-2:]))
+        tmp.rename(dest)
+
+
+def em_to_unit(g: np.ndarray) -> np.ndarray:
+    return g / np.float32(255)
+
+
 def make_em_data(work: Path, isbi: Path = ISBI) -> Path:
     """Source tree and test sets under WORK/data (kept between runs)."""
     data = work / "data"
     if (data / "done").exists():
+        write_foreign_sets(data, EM, 2013, em_to_unit)
         return data
     vol = tifffile.imread(isbi)
     for split, part in (("train", vol[:20]), ("valid", vol[20:24])):
         (data / "src/em" / split).mkdir(parents=True, exist_ok=True)
         tifffile.imwrite(data / "src/em" / split / f"isbi_{split}.tif", part, imagej=True,
                          resolution=(250, 250), metadata={"unit": "um", "axes": "ZYX", "spacing": 0.05})
-    write_test_set(data, {f"s{i}": hr for i, hr in enumerate(vol[24:], start=24)}, EM, 2012,
-                   lambda g: g / np.float32(255))
+    write_test_set(data, {f"s{i}": hr for i, hr in enumerate(vol[24:], start=24)}, EM, 2012, em_to_unit)
+    write_foreign_sets(data, EM, 2013, em_to_unit)
     (data / "done").touch()
     return data
 
@@ -196,6 +240,12 @@ def run_quick(data: Path, out: Path, bench: Bench, n_frames: int, env: dict, min
     return r.stdout.strip().splitlines()[-1], time.time() - t0
 
 
+def trained_model(out: Path) -> Optional[str]:
+    """The name of the one model a finished quick.sh run left in OUT/models, if there is exactly one."""
+    names = [j.stem for j in (out / "models").glob("*.json") if "_best_" not in j.stem]
+    return names[0] if len(names) == 1 else None
+
+
 def frame_metrics(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """(PSNR, SSIM) of every 2D frame of a GT image or movie and its restoration."""
     g, p = gt.reshape(-1, *gt.shape[-2:]).astype(np.float32), pred.reshape(-1, *pred.shape[-2:])
@@ -227,7 +277,7 @@ def score(data: Path, outs: Dict[int, Tuple[Path, str]], bench: Bench) -> list:
     """Rows per degradation and model: mean PSNR/SSIM, gains over bilinear and, for several frames, over the
     1-frame model of the same variant."""
     rows = []
-    for deg in bench.degradations:
+    for deg in [*bench.degradations, *bench.foreign]:
         per = {nf: restore(data, out, model, deg) for nf, (out, model) in outs.items()}
         for nf, s in per.items():
             m, b = s[outs[nf][1]], s["bilinear"]
@@ -241,9 +291,11 @@ def score(data: Path, outs: Dict[int, Tuple[Path, str]], bench: Bench) -> list:
 
 
 def main(variants: str = "quick", minutes: float = 20, work: str = "bench/out/quality", isbi: str = str(ISBI),
-         movies: Optional[str] = None) -> None:
+         movies: Optional[str] = None, reuse: bool = False) -> None:
     """Run each variant of quick.sh and score it. --isbi points at the EM volume where ../shared is elsewhere;
-    --movies DIR (or `synthetic`) benchmarks fluorescence time-lapses instead (module docstring)."""
+    --movies DIR (or `synthetic`) benchmarks fluorescence time-lapses instead (module docstring). --reuse
+    scores the model a variant's folder already holds instead of training again (test sets added since, or a
+    run cut off while scoring); its minutes are then left blank."""
     names = list(variants) if isinstance(variants, (list, tuple)) else [v for v in str(variants).split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
@@ -261,7 +313,11 @@ def main(variants: str = "quick", minutes: float = 20, work: str = "bench/out/qu
         for nf in bench.n_frames:
             out = work / (v if len(bench.n_frames) == 1 else f"{v}_{nf}frame")
             out.mkdir(parents=True, exist_ok=True)
-            model, secs[nf] = run_quick(data, out, bench, nf, VARIANTS[v], minutes)
+            model = trained_model(out) if reuse else None
+            if model:
+                secs[nf] = float("nan")
+            else:
+                model, secs[nf] = run_quick(data, out, bench, nf, VARIANTS[v], minutes)
             outs[nf] = out, model
         for row in score(data, outs, bench):
             results.append(dict(variant=v, minutes=round(secs[row["n_frames"]] / 60, 1), **row))

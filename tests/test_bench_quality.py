@@ -71,3 +71,29 @@ def test_lab_movies_are_read_and_short_ones_refused(tmp_path):
     tifffile.imwrite(folder / "blip.tif", _movie(4, 64), photometric="minisblack")
     with pytest.raises(PSSRError, match="blip.tif.*4 time points"):
         bq.read_movies(str(folder))
+
+
+def test_foreign_em_sets_are_added_without_changing_the_others(tmp_path):
+    gt = np.random.default_rng(0).integers(0, 256, (64, 64)).astype(np.uint8)
+    bq.write_test_set(tmp_path, {"s0": gt}, bq.EM, 1, bq.em_to_unit)
+    scan = tifffile.imread(tmp_path / "test/lr_scan/s0.tif")
+    bq.write_foreign_sets(tmp_path, bq.EM, 2, bq.em_to_unit)
+    lrs = {d: tifffile.imread(tmp_path / f"test/lr_{d}/s0.tif") for d in bq.EM.foreign}
+    assert all(lr.shape == (16, 16) and lr.dtype == np.uint8 for lr in lrs.values())
+    assert len({lr.tobytes() for lr in lrs.values()} | {scan.tobytes()}) == len(lrs) + 1
+    assert np.array_equal(tifffile.imread(tmp_path / "test/lr_scan/s0.tif"), scan)
+    # a set already there is kept; one removed comes back the same (its own seeded draws)
+    for p in (tmp_path / "test/lr_stride").glob("*"):
+        p.unlink()
+    (tmp_path / "test/lr_stride").rmdir()
+    bq.write_foreign_sets(tmp_path, bq.EM, 2, bq.em_to_unit)
+    assert all(np.array_equal(tifffile.imread(tmp_path / f"test/lr_{d}/s0.tif"), lr) for d, lr in lrs.items())
+    assert not list((tmp_path / "test").glob("*.partial"))
+
+
+def test_reuse_finds_the_one_finished_model(tmp_path):
+    (tmp_path / "models").mkdir()
+    assert bq.trained_model(tmp_path) is None
+    for stem in ("s_1_quick_em_e12", "s_1_quick_em_e12_best_256"):
+        (tmp_path / "models" / f"{stem}.json").write_text("{}")
+    assert bq.trained_model(tmp_path) == "s_1_quick_em_e12"
