@@ -68,6 +68,7 @@ VARIANTS = {
     "no_rotate_zoom": {"TRAIN_EXTRA": "--max_rotate 0 --max_zoom 1"},
 }
 Degradation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+SCALE = 4  # every test degradation samples 1 pixel in 4 along each axis
 
 
 def counted(lr: np.ndarray, rng: np.random.Generator, photons: float = 50) -> np.ndarray:
@@ -131,6 +132,7 @@ def write_test_set(data: Path, gts: Dict[str, np.ndarray], bench: Bench, seed: i
     for d in ["gt"] + [f"lr_{k}" for k in bench.degradations]:
         (data / "test" / d).mkdir(parents=True, exist_ok=True)
     for name, gt in gts.items():
+        gt = gt[..., :gt.shape[-2] // SCALE * SCALE, :gt.shape[-1] // SCALE * SCALE]  # restorations are LR x 4
         tifffile.imwrite(data / "test/gt" / f"{name}.tif", gt)
         hr = np.clip(to_unit(gt), 0, 1).reshape(-1, *gt.shape[-2:])
         for deg, degrade in bench.degradations.items():

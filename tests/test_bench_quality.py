@@ -51,6 +51,13 @@ def test_test_set_degrades_every_frame(tmp_path):
     assert cv["shot"] > 1.5 * cv["mild"]
 
 
+def test_test_set_of_odd_size_is_cropped_to_whole_lr_pixels(tmp_path):
+    """A 130 px movie gives 32 px LR, restored to 128 px: the ground truth must be 128 px too."""
+    bq.write_test_set(tmp_path, {"m": _movie(5, size=130)}, bq.FLUO, 0, lambda m: m / np.float32(4000))
+    assert tifffile.imread(tmp_path / "test/gt/m.tif").shape == (5, 128, 128)
+    assert tifffile.imread(tmp_path / "test/lr_mild/m.tif").shape == (5, 32, 32)
+
+
 def test_synthetic_movies_make_a_source_tree(tmp_path, monkeypatch):
     monkeypatch.setattr(bq, "fluo_movie", lambda size, t, rng: _movie(t, 64, int(rng.integers(99))))
     data = bq.make_fluo_data(tmp_path, "synthetic")
