@@ -134,10 +134,15 @@ def write_test_set(data: Path, gts: Dict[str, np.ndarray], bench: Bench, seed: i
     for name, gt in gts.items():
         gt = gt[..., :gt.shape[-2] // SCALE * SCALE, :gt.shape[-1] // SCALE * SCALE]  # restorations are LR x 4
         tifffile.imwrite(data / "test/gt" / f"{name}.tif", gt)
-        hr = np.clip(to_unit(gt), 0, 1).reshape(-1, *gt.shape[-2:])
         for deg, degrade in bench.degradations.items():
-            lr = np.stack([degrade(f, rng) for f in hr])
-            tifffile.imwrite(data / "test" / f"lr_{deg}" / f"{name}.tif", lr.reshape(*gt.shape[:-2], *lr.shape[-2:]))
+            tifffile.imwrite(data / "test" / f"lr_{deg}" / f"{name}.tif", degrade_frames(gt, degrade, rng, to_unit))
+
+
+def degrade_frames(gt: np.ndarray, degrade: Degradation, rng: np.random.Generator,
+                   to_unit: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Every 2D frame of a GT image or movie brought to [0, 1] and degraded, in the GT's shape."""
+    lr = np.stack([degrade(f, rng) for f in np.clip(to_unit(gt), 0, 1).reshape(-1, *gt.shape[-2:])])
+    return lr.reshape(*gt.shape[:-2], *lr.shape[-2:])
 
 
 def write_foreign_sets(data: Path, bench: Bench, seed: int, to_unit: Callable[[np.ndarray], np.ndarray]) -> None:
@@ -150,10 +155,7 @@ def write_foreign_sets(data: Path, bench: Bench, seed: int, to_unit: Callable[[n
         rng, tmp = np.random.default_rng([seed, k]), dest.with_name(dest.name + ".partial")
         tmp.mkdir(parents=True, exist_ok=True)
         for gt in sorted((data / "test/gt").glob("*.tif")):
-            g = tifffile.imread(gt)
-            hr = np.clip(to_unit(g), 0, 1).reshape(-1, *g.shape[-2:])
-            lr = np.stack([degrade(f, rng) for f in hr])
-            tifffile.imwrite(tmp / gt.name, lr.reshape(*g.shape[:-2], *lr.shape[-2:]))
+            tifffile.imwrite(tmp / gt.name, degrade_frames(tifffile.imread(gt), degrade, rng, to_unit))
         tmp.rename(dest)
 
 
