@@ -24,8 +24,8 @@ from fastai.torch_core import rank_distrib, set_seed
 from utils.crappifiers import check_crappifier, parse_strength
 from utils.data import MAX_ROTATE, MAX_ZOOM, find_dataset, find_hr_tiles, make_dls
 from utils.errors import fail, run_cli
-from utils.model import (ARCHS, bottleneck_size, build_model, find_weights, load_safe, model_exists, model_paths,
-                         read_meta, save_model)
+from utils.model import (ARCHS, DEFAULT_META, bottleneck_size, build_model, find_weights, load_safe, model_exists,
+                         model_paths, read_meta, save_model, widen_frames)
 from utils.onthefly import SetDrawEpoch, make_fly_dls
 from utils.progress import plain_training_progress
 from utils.training import (CPUFastPath, add_precision, bilinear_baseline, ckpt_path, export_learner, fit_rounds,
@@ -60,20 +60,27 @@ def check_names(names: list, model_dir: Path, load_name: Optional[str], resume: 
 
 
 def load_start(model: torch.nn.Module, load_name: str, model_dir: Path, meta: dict) -> Optional[dict]:
-    """--load_name: its weights into `model` (same arch/frames/scale/path); returns its optimizer state if saved."""
+    """--load_name: its weights into `model` (same arch/scale/path); returns its optimizer state if saved.
+
+    A 1-frame model may start a multi-frame one (`widen_frames`): training then begins AT the 1-frame model and
+    only has to learn what the neighbours add, which a short movie's few windows can teach."""
     saved = read_meta(load_name, model_dir)
-    for k in ("arch", "n_frames", "scale", "lr_space"):
-        if saved[k] != meta[k]:
-            fail(model_paths(load_name, model_dir)["json"], f"--load_name model has {k}={saved[k]}, "
+    widen = saved["n_frames"] == 1 and meta["n_frames"] > 1
+    for k in ("arch", "n_frames", "scale", "lr_space", "encoder_stride", "residual", "imagenet_norm"):
+        if saved.get(k, DEFAULT_META[k]) != meta[k] and not (widen and k == "n_frames"):
+            fail(model_paths(load_name, model_dir)["json"], f"--load_name model has {k}={saved.get(k)}, "
                                                              f"this run {k}={meta[k]}")
     pth = model_paths(load_name, model_dir)["pth"]
+    state = load_safe(pth, "model weights")
     try:
-        model.load_state_dict(load_safe(pth, "model weights"))
-    except RuntimeError as e:
-        fail(pth, f"weights do not fit the network its .json describes ({str(e).splitlines()[0][:100]})")
+        model.load_state_dict(widen_frames(model, state, meta["n_frames"]) if widen else state)
+    except (KeyError, RuntimeError) as e:
+        fail(pth, f"weights do not fit this run's network; its options (--noattn, --nobottle, ...) must match "
+                  f"the model's ({str(e).splitlines()[0][:100]})")
     opt_file = model_paths(load_name, model_dir)["opt"]
-    opt_state = load_safe(opt_file, "optimizer state") if opt_file.exists() else None
-    print(f"loaded {load_name}" + (" (with optimizer state)" if opt_state else ""))
+    opt_state = load_safe(opt_file, "optimizer state") if opt_file.exists() and not widen else None
+    print(f"loaded {load_name}" + (" (with optimizer state)" if opt_state else "")
+          + (f" (its frame as the centre of {meta['n_frames']})" if widen else ""))
     return opt_state
 
 
@@ -95,7 +102,8 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     output (an untrained model then equals bilinear); off by default, as in the paper (--lr_space implies it).
     max_rotate/max_zoom: default 10 degrees / 1.1 with --crap_func (the HR is augmented before crappifying),
     none for pre-made pairs (resampling crappified LR smooths its noise). encoder_stride: 16 for --lr_space
-    (its U-Net sees LR pixels), else the paper's 32."""
+    (its U-Net sees LR pixels), else the paper's 32. load_name: continue a model, or start a multi-frame model
+    from a 1-frame one (its frame becomes the centre: the new model starts as exactly the 1-frame one)."""
     if datasetname is None:
         fail(None, "--datasetname is required (a folder of --data_path written by tile_from_info.py)")
     if lr_type not in ("s", "t", "z"):
@@ -140,6 +148,7 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
                      crap_func=crap_func or spec0.crap_func, crap_strength=list(strength) if fly else None,
                      on_the_fly=fly, max_rotate=max_rotate, max_zoom=max_zoom,
                      datasetname=datasetname, loss="l1" if l1_loss else "mse", seed=seed, schedule=plan_of(rounds),
+                     load_name=load_name,
                      runtime=runtime())
     check_bottleneck(base_meta, rounds)
     model = build_model(base_meta, weights_file)

@@ -244,9 +244,10 @@ def run_quick(data: Path, out: Path, bench: Bench, n_frames: int, env: dict, min
     return r.stdout.strip().splitlines()[-1], time.time() - t0
 
 
-def trained_model(out: Path) -> Optional[str]:
-    """The name of the one model a finished quick.sh run left in OUT/models, if there is exactly one."""
-    names = [j.stem for j in (out / "models").glob("*.json") if "_best_" not in j.stem]
+def trained_model(out: Path, n_frames: int = 1) -> Optional[str]:
+    """The name of the one `n_frames` model a finished quick.sh run left in OUT/models, if there is exactly one
+    (a 5-frame run also leaves the 1-frame model it started from)."""
+    names = [j.stem for j in (out / "models").glob(f"*_{n_frames}_quick_*.json") if "_best_" not in j.stem]
     return names[0] if len(names) == 1 else None
 
 
@@ -317,7 +318,7 @@ def main(variants: str = "quick", minutes: float = 20, work: str = "bench/out/qu
         for nf in bench.n_frames:
             out = work / (v if len(bench.n_frames) == 1 else f"{v}_{nf}frame")
             out.mkdir(parents=True, exist_ok=True)
-            model = trained_model(out) if reuse else None
+            model = trained_model(out, nf) if reuse else None
             if model:
                 secs[nf] = float("nan")
             else:

@@ -5,56 +5,75 @@
 #   LR_DIR=folder_of_real_LR_scans recipes/quick.sh ...   # match the crappifier's noise to yours
 #
 # SRC_DIR is a step-1 source tree (<category>/{train,valid}/*.tif|czi); N_FRAMES 5 trains the paper's
-# multi-frame model on time-lapses. The model goes to WORK_DIR/models and the last line printed is its
-# name; then: python image_gen.py LR_FOLDER OUT --models NAME --model_dir WORK_DIR/models
+# multi-frame model on time-lapses, started from a 1-frame model trained first on the same frames (WARM
+# of the budget, default 0.5; WARM=0 trains it from scratch). The models go to WORK_DIR/models and the last
+# line printed is the name of the final one; then:
+#   python image_gen.py LR_FOLDER OUT --models NAME --model_dir WORK_DIR/models
 # Settings (utils/quick.py explains each): MINUTES (whole script, default 20), SEED, PY, ARCH,
 # TRAIN_EXTRA (more train.py options), LR_TYPE (t or z for N_FRAMES 5, default t), FRESH=0 (crappify
 # once in step 2 instead of on the fly, for comparison). Any value of the printed plan can be fixed
-# from the environment, e.g. EPOCHS=40, or NET="--encoder_stride 32" TILE=128 EPOCHS=3 for the paper's
-# HR-space U-Net (the epochs are planned for the --lr_space network, ~5x faster per image).
+# from the environment (for every model trained), e.g. EPOCHS=40, or NET="--encoder_stride 32" TILE=128
+# EPOCHS=3 for the paper's HR-space U-Net (the epochs are planned for the --lr_space network, ~5x faster
+# per image).
 set -euo pipefail
+shopt -s inherit_errexit  # a failing step inside $(train_model ...) stops the script too
 [ $# -ge 3 ] || { echo "usage: recipes/quick.sh SRC_DIR WORK_DIR CRAP_FUNC [N_FRAMES]" >&2; exit 2; }
 SRC_DIR=$1 WORK=$2 CRAP_FUNC=$3 N_FRAMES=${4:-1}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"   # python -m utils.quick from any folder
 : "${PY:=$ROOT/.venv/bin/python}" "${MINUTES:=20}" "${SEED:=0}" "${ARCH:=resnet34}" "${TRAIN_EXTRA=}" "${LR_DIR:=}"
+: "${WARM:=0.5}" "${FRESH:=1}"
 if [ "$N_FRAMES" = 1 ]; then LR_TYPE=s; else : "${LR_TYPE:=t}"; fi
 START=$(date +%s)
 mkdir -p "$WORK"
 INFO="$WORK/quick.csv"
+NAME=quick_${CRAP_FUNC}
+OVERHEAD=90  # seconds per model for the plan's probe, step 2 and saving
+
+left() { echo $(( MINUTES * 60 - ($(date +%s) - START) )); }
+
+# train_model N_FRAMES LR_TYPE SECONDS [START_MODEL]: plan, step 2 and step 3 of one model (from START_MODEL's
+# weights if given); prints its name. Runs in a subshell ($(...)): one model's plan never leaks into the next.
+train_model() {
+    local nf=$1 lt=$2 secs=$3 start=${4:-} line key
+    echo "== quick: planning the $nf-frame model for $(( secs / 60 )) min $(( secs % 60 )) s" >&2
+    PLAN=$("$PY" -m utils.quick "$INFO" --crap_func "$CRAP_FUNC" --n_frames "$nf" --minutes "$(( secs / 6 ))e-1" \
+           --arch "$ARCH" --seed "$SEED" ${LR_DIR:+--lr_dir "$LR_DIR"} ${start:+--warm})
+    # Values already set in the environment win over the plan's.
+    while IFS= read -r line; do
+        key=${line%%=*}
+        [ -n "${!key+x}" ] || printf -v "$key" '%s' "${line#*=}"
+        echo "  $key=${!key}" >&2
+    done <<< "$PLAN"
+    if [ "$FRESH" = 1 ]; then
+        TILE_ARGS=(--hr_only) DATASET="${lt}_${nf}_quick_hr"
+        FLY_ARGS=(--crap_func "$CRAP_FUNC" --crap_strength "$STRENGTH")
+    else
+        TILE_ARGS=(--crap_func "$CRAP_FUNC") DATASET="${lt}_${nf}_quick_${CRAP_FUNC}" FLY_ARGS=()
+    fi
+    echo "== quick: step 2, $N_TRAIN + $N_VALID HR tiles of $TILE px" >&2
+    "$PY" "$ROOT/tile_from_info.py" --out "$WORK/datasets" --info "$INFO" --tile "$TILE" --n_train "$N_TRAIN" \
+        --n_valid "$N_VALID" --n_frames "$nf" --lr_type "$lt" "${TILE_ARGS[@]}" --seed "$SEED" --clean >&2
+    echo "== quick: step 3, $EPOCHS epochs of $CRAP_FUNC pairs (fresh: $FRESH, strength $STRENGTH) on $DEVICE" >&2
+    "$PY" "$ROOT/train.py" --datasetname "$DATASET" --data_path "$WORK/datasets" --model_dir "$WORK/models" \
+        --save_name "$NAME" --lr_type "$lt" --n_frames "$nf" --arch "$ARCH" $NET --size "$TILE" \
+        --tile_sz "$TILE" --bs "$BS" --workers "$WORKERS" --cycles "$EPOCHS" --lr_start "$LR" --lr "$LR" $LOSS \
+        "${FLY_ARGS[@]}" --seed "$SEED" ${start:+--load_name "$start"} $TRAIN_EXTRA --force >&2
+    echo "${lt}_${nf}_${NAME}_e${EPOCHS}"
+}
 
 echo "== quick: step 1, frame statistics of $SRC_DIR" >&2
 "$PY" "$ROOT/gen_sample_info.py" "$SRC_DIR" --out "$INFO" --force >&2
 
-echo "== quick: planning for $MINUTES minutes" >&2
-# Step 1 counts against the budget; 90 s are kept for the plan's probe, step 2 and saving the model.
-LEFT=$(( MINUTES * 60 - ($(date +%s) - START) - 90 ))
-PLAN=$("$PY" -m utils.quick "$INFO" --crap_func "$CRAP_FUNC" --n_frames "$N_FRAMES" --minutes "$(( LEFT / 6 ))e-1" \
-       --arch "$ARCH" --seed "$SEED" ${LR_DIR:+--lr_dir "$LR_DIR"})
-# Values already set in the environment win over the plan's.
-while IFS= read -r line; do
-    key=${line%%=*}
-    [ -n "${!key+x}" ] || printf -v "$key" '%s' "${line#*=}"
-    echo "  $key=${!key}" >&2
-done <<< "$PLAN"
-: "${FRESH:=1}"
-NAME=quick_${CRAP_FUNC}
-if [ "$FRESH" = 1 ]; then
-    TILE_ARGS=(--hr_only) DATASET="${LR_TYPE}_${N_FRAMES}_quick_hr"
-    FLY_ARGS=(--crap_func "$CRAP_FUNC" --crap_strength "$STRENGTH")
-else
-    TILE_ARGS=(--crap_func "$CRAP_FUNC") DATASET="${LR_TYPE}_${N_FRAMES}_quick_${CRAP_FUNC}" FLY_ARGS=()
+ONE=
+if [ "$N_FRAMES" != 1 ] && [ "$WARM" != 0 ]; then
+    # A short movie holds too few windows to teach a 5-frame model from scratch what one frame already shows
+    # (it averaged neighbours and lost to the 1-frame model on nearly clean LR); started from the 1-frame model
+    # it only has to learn what the neighbours add (README, "What to expect").
+    SECS=$("$PY" -c "print(int(($(left) - 2 * $OVERHEAD) * $WARM))")
+    ONE=$(train_model 1 s "$SECS")
+    echo "== quick: 1-frame model $ONE starts the $N_FRAMES-frame one" >&2
 fi
-
-echo "== quick: step 2, $N_TRAIN + $N_VALID HR tiles of $TILE px" >&2
-"$PY" "$ROOT/tile_from_info.py" --out "$WORK/datasets" --info "$INFO" --tile "$TILE" --n_train "$N_TRAIN" \
-    --n_valid "$N_VALID" --n_frames "$N_FRAMES" --lr_type "$LR_TYPE" "${TILE_ARGS[@]}" --seed "$SEED" --clean >&2
-
-echo "== quick: step 3, $EPOCHS epochs of $CRAP_FUNC pairs (fresh: $FRESH, strength $STRENGTH) on $DEVICE" >&2
-"$PY" "$ROOT/train.py" --datasetname "$DATASET" --data_path "$WORK/datasets" --model_dir "$WORK/models" \
-    --save_name "$NAME" --lr_type "$LR_TYPE" --n_frames "$N_FRAMES" --arch "$ARCH" $NET --size "$TILE" \
-    --tile_sz "$TILE" --bs "$BS" --workers "$WORKERS" --cycles "$EPOCHS" --lr_start "$LR" --lr "$LR" $LOSS \
-    "${FLY_ARGS[@]}" --seed "$SEED" $TRAIN_EXTRA \
-    --force >&2
+FINAL=$(train_model "$N_FRAMES" "$LR_TYPE" $(( $(left) - OVERHEAD )) "$ONE")
 echo "== quick: done in $(( $(date +%s) - START )) s" >&2
-echo "${LR_TYPE}_${N_FRAMES}_${NAME}_e${EPOCHS}"
+echo "$FINAL"

@@ -104,3 +104,6 @@ def test_reuse_finds_the_one_finished_model(tmp_path):
     for stem in ("s_1_quick_em_e12", "s_1_quick_em_e12_best_256"):
         (tmp_path / "models" / f"{stem}.json").write_text("{}")
     assert bq.trained_model(tmp_path) == "s_1_quick_em_e12"
+    assert bq.trained_model(tmp_path, 5) is None
+    (tmp_path / "models" / "t_5_quick_em_e12.json").write_text("{}")  # started from the 1-frame model
+    assert bq.trained_model(tmp_path, 5) == "t_5_quick_em_e12" and bq.trained_model(tmp_path) == "s_1_quick_em_e12"

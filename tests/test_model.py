@@ -8,7 +8,7 @@ from torchvision.models import resnet18
 
 import utils  # noqa: F401
 from utils.errors import PSSRError
-from utils.model import build_model, find_weights, load_model, make_meta, save_model
+from utils.model import build_model, find_weights, load_model, make_meta, save_model, widen_frames
 
 
 @pytest.mark.parametrize("lr_space", [False, True])
@@ -25,6 +25,25 @@ def test_shapes_and_bilinear_start(n_frames, lr_space):
     bilinear = F.interpolate(x[:, c:c + 1], scale_factor=4, mode="bilinear", align_corners=False)
     assert torch.allclose(y, bilinear, atol=1e-6)
     assert model.unet.layers[0][0].in_channels == n_frames
+
+
+@pytest.mark.parametrize("net", [dict(lr_space=True, encoder_stride=8), dict(bottle=False, encoder_stride=16)])
+def test_widened_model_starts_as_the_one_frame_model(net):
+    """widen_frames: a trained 1-frame model's weights in a 5-frame network give the same output on the centre
+    frame whatever the neighbours hold, and every weight still learns (none left dead at zero)."""
+    torch.manual_seed(0)
+    one = build_model(dict(arch="resnet18", n_frames=1, **net))
+    five = build_model(dict(arch="resnet18", n_frames=5, **net))
+    with torch.no_grad():  # a "trained" model: nothing at its zero/bilinear start
+        for p in one.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    five.load_state_dict(widen_frames(five, one.state_dict(), 5))
+    x = torch.rand(2, 5, 32, 32)
+    with torch.no_grad():
+        ref = one.eval()(x[:, 2:3])
+        assert torch.allclose(five.eval()(x), ref, atol=1e-4 * ref.abs().max())
+    five.train()(x).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in five.parameters())
 
 
 def test_paper_network_is_the_default():

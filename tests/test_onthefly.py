@@ -197,26 +197,45 @@ def test_planner_paces_training_by_the_slower_of_network_and_data(sample_info):
     assert one > five > 0  # five frames to crappify per sample cost more
 
 
-def test_quick_sh_end_to_end(sample_tree, tmp_path):
-    """quick.sh on the sample EM (plan values fixed small through the environment): the last line printed is
-    the model's name, and the model was trained on the fly with the planned network."""
+def run_quick(sample_tree: Path, tmp_path: Path, category: str, crap_func: str, *n_frames: str):
+    """quick.sh on one category of the sample tree, plan values fixed small through the environment."""
     import os
     env = {**os.environ, "PY": sys.executable, "MINUTES": "3", "ARCH": "resnet18", "TILE": "128", "N_TRAIN": "8",
            "N_VALID": "4", "EPOCHS": "1", "BS": "4", "NET": "--lr_space --encoder_stride 8",
            "TRAIN_EXTRA": "--noattn --fp32"}
-    src = tmp_path / "src"
-    (src / "em").mkdir(parents=True)
+    kind = next(p.name for p in sample_tree.iterdir() if (p / category).is_dir())
+    src = tmp_path / kind  # a folder named live holds time-lapses (step 1)
+    (src / category).mkdir(parents=True)
     for split in ("train", "valid"):
-        os.symlink(sample_tree / "fixed" / "em" / split, src / "em" / split)
-    r = subprocess.run(["bash", str(ROOT / "recipes" / "quick.sh"), str(src), str(tmp_path / "work"),
-                        "em_AG_D_sameas_preprint"], capture_output=True, text=True, env=env, timeout=600,
+        os.symlink(sample_tree / kind / category / split, src / category / split)
+    r = subprocess.run(["bash", str(ROOT / "recipes" / "quick.sh"), str(src), str(tmp_path / "work"), crap_func,
+                        *n_frames], capture_output=True, text=True, env=env, timeout=600,
                        cwd=tmp_path)  # from any folder, as a user would
     assert r.returncode == 0, r.stderr[-3000:]
-    name = r.stdout.strip().splitlines()[-1]
+    return r.stdout.strip().splitlines()[-1], r.stderr
+
+
+def test_quick_sh_end_to_end(sample_tree, tmp_path):
+    """quick.sh on the sample EM: the last line printed is the model's name, and the model was trained on the
+    fly with the planned network."""
+    name, log = run_quick(sample_tree, tmp_path, "em", "em_AG_D_sameas_preprint")
     assert name == "s_1_quick_em_AG_D_sameas_preprint_e1"
     _, meta = load_model(name, tmp_path / "work" / "models")
     assert meta["on_the_fly"] and meta["lr_space"] and meta["encoder_stride"] == 8 and meta["size"] == 128
-    assert "STRENGTH=0.5,2" in r.stderr  # no LR_DIR: centred on the paper's noise level
+    assert meta["load_name"] is None and "LR=0.01" in log
+    assert "STRENGTH=0.5,2" in log  # no LR_DIR: centred on the paper's noise level
+
+
+def test_quick_sh_multi_frame_starts_from_one_frame_model(sample_tree, tmp_path):
+    """N_FRAMES 5: quick.sh trains a 1-frame model first and the 5-frame one from its weights, at the
+    fine-tuning rate; the last line names the 5-frame model."""
+    name, log = run_quick(sample_tree, tmp_path, "fluo_live", "new_crap_AG_SP", "5")
+    assert name == "t_5_quick_new_crap_AG_SP_e1"
+    models = tmp_path / "work" / "models"
+    _, one = load_model("s_1_quick_new_crap_AG_SP_e1", models)
+    _, five = load_model(name, models)
+    assert one["n_frames"] == 1 and five["n_frames"] == 5 and five["load_name"] == "s_1_quick_new_crap_AG_SP_e1"
+    assert [line.strip() for line in log.splitlines() if line.strip().startswith("LR=")] == ["LR=0.01", "LR=0.002"]
 
 
 # (network, the largest whole-vs-tiled difference allowed, as a fraction of the model's own correction of bilinear).

@@ -208,9 +208,20 @@ def test_load_name_continues(data, trained, tmp_path, capsys):
     assert "loaded s_1_x_e2 (with optimizer state)" in capsys.readouterr().out
     after = torch.load(tmp_path / "m" / "s_1_x_e2.pth", weights_only=True)
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    with pytest.raises(PSSRError, match="n_frames"):
-        run(data, tmp_path / "m", load_name="s_1_x_e2", save_name="z", datasetname="t_5_tiny", lr_type="t",
-            n_frames=5)
+    with pytest.raises(PSSRError, match="encoder_stride"):
+        run(data, tmp_path / "m", load_name="s_1_x_e2", save_name="z", pretrain=True,
+            weights=str(trained.parent / "r18.pth"), encoder_stride=32)
+
+
+def test_load_name_widens_one_frame_model(data, trained, tmp_path, capsys):
+    """A 1-frame model starts a 5-frame one (without its optimizer state); network options must still match."""
+    shutil.copytree(trained, tmp_path / "m")
+    five = dict(save_name="z", datasetname="t_5_tiny", lr_type="t", n_frames=5)
+    with pytest.raises(PSSRError, match="imagenet_norm"):
+        run(data, tmp_path / "m", load_name="s_1_x_e2", **five)
+    run(data, tmp_path / "m", load_name="s_1_x_e2", pretrain=True, weights=str(trained.parent / "r18.pth"), **five)
+    assert "loaded s_1_x_e2 (its frame as the centre of 5)" in capsys.readouterr().out
+    assert load_model("t_5_z_e1", tmp_path / "m")[1]["n_frames"] == 5
 
 
 def test_pretrain_needs_weights(data, tmp_path, monkeypatch):

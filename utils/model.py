@@ -24,7 +24,7 @@ from .fileio import atomic_path
 from .norm import PCT_HI, PCT_LO
 
 __all__ = ["ARCHS", "DEFAULT_META", "make_meta", "PSSRNet", "build_model", "bottleneck_size", "find_weights",
-           "save_model", "load_model", "load_safe", "model_paths", "model_exists"]
+           "widen_frames", "save_model", "load_model", "load_safe", "model_paths", "model_exists"]
 
 ARCHS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
 # ImageNet statistics averaged over RGB: a grey frame fed to the summed-RGB first conv sees the same activations
@@ -78,9 +78,65 @@ def adapt_first_conv(model: nn.Module, n_in: int) -> None:
     old = model.conv1
     new = nn.Conv2d(n_in, old.out_channels, old.kernel_size, old.stride, old.padding, bias=old.bias is not None)
     with torch.no_grad():
-        new.weight.zero_()
-        new.weight[:, n_in // 2] = old.weight.sum(dim=1)
+        new.weight.copy_(_widen(old.weight.sum(dim=1, keepdim=True), new.weight.shape, n_in))
     model.conv1 = new
+
+
+def widen_frames(model: nn.Module, state: dict, n_frames: int) -> dict:
+    """A 1-frame model's state dict (`state`) for `model`, its `n_frames` twin, such that the twin computes
+    exactly what the 1-frame model does: training then begins AT the 1-frame model and only has to learn what
+    the neighbours add, which is all a short movie's few windows can teach.
+
+    Frames enter twice: the stem, and `last_cross`, which concatenates the input to the last features (F of
+    them). An input-side channel c of the 1-frame model (F + 1 of them) keeps its index, except the frame
+    itself, which becomes the centre (F + n//2); the bottleneck's middle width grows too, its new channels
+    appended. New input columns are zero, so neighbours change nothing yet; weights that are all new take
+    `model`'s own initialization, harmless behind those zero columns, alive for training."""
+    fresh = model.state_dict()
+    out = {}
+    for key, init in fresh.items():
+        if key.endswith("weight_g"):
+            continue
+        if key.endswith("weight_v") and key[:-1] + "g" in fresh:  # weight norm (spectral norm has a weight_v too)
+            pre = key[:-len("_v")]
+            g, v = state[pre + "_g"], state[key]
+            w = _widen(g * v / v.flatten(1).norm(dim=1).view(-1, *[1] * (v.ndim - 1)), init.shape, n_frames)
+            norm = w.flatten(1).norm(dim=1)
+            new_row = norm == 0
+            out[key] = torch.where(new_row.view(-1, *[1] * (w.ndim - 1)), init, w)
+            out[pre + "_g"] = torch.where(new_row.view(fresh[pre + "_g"].shape), fresh[pre + "_g"],
+                                          norm.view(fresh[pre + "_g"].shape))
+        elif state[key].shape == init.shape:
+            out[key] = state[key]
+        else:
+            w = _widen(state[key], init.shape, n_frames)
+            out[key] = torch.where(_new_mask(state[key].shape, init.shape, n_frames), init, w) if w.ndim == 1 else w
+    return out
+
+
+def _channel_map(size: int, new_size: int, n_frames: int) -> torch.Tensor:
+    """Where each of `size` input-side channels goes among `new_size` (see `widen_frames`)."""
+    idx = torch.arange(size)
+    if new_size - size == n_frames - 1:  # features + frames: the single frame becomes the centre one
+        idx[-1] = size - 1 + n_frames // 2
+    return idx
+
+
+def _widen(w: torch.Tensor, shape: torch.Size, n_frames: int) -> torch.Tensor:
+    """`w` zero-padded to `shape`, its channels placed by `_channel_map` along every dimension that grew."""
+    for d, (a, b) in enumerate(zip(w.shape, shape)):
+        if a != b:
+            big = w.new_zeros(*w.shape[:d], b, *w.shape[d + 1:])
+            big.index_copy_(d, _channel_map(a, b, n_frames), w)
+            w = big
+    return w
+
+
+def _new_mask(old: torch.Size, shape: torch.Size, n_frames: int) -> torch.Tensor:
+    """True where a grown 1-d tensor (a bias) has no counterpart in the 1-frame model."""
+    mask = torch.ones(shape[0], dtype=torch.bool)
+    mask[_channel_map(old[0], shape[0], n_frames)] = False
+    return mask
 
 
 # Encoder downsampling -> create_body cut: 32 is the whole ResNet body (the paper's); 16 and 8 drop its last

@@ -14,7 +14,8 @@ Prints KEY=VALUE lines (`TILE=256` ...) that quick.sh reads, and writes nothing.
   turns; beside a GPU, data-loader workers crappify and the slower side sets the pace), so the whole of
   quick.sh fits the budget; a GPU, when there is one, trains more images in the same time;
 - L1 loss and lr 1e-2 (one-cycle) for every layer group (no pretrained encoder to protect), which learned
-  fastest on real EM (README, "What to expect").
+  fastest on real EM (README, "What to expect"); 2e-3 for a multi-frame model that starts from a trained
+  1-frame one (`--warm`): 1e-2 undid part of its start (README).
 """
 import os
 import time
@@ -38,6 +39,7 @@ __all__ = ["pick_tile", "pick_stride", "noise_sigma", "estimate_strength", "trai
 
 TILES = (256, 128, 64)  # HR tile sides, largest first: larger crops give the U-Net more context per step
 MIN_BOTTLENECK = 4
+LR, WARM_LR = 1e-2, 2e-3
 STRENGTH_SPREAD = 2.0  # the drawn noise level spans [centre / spread, centre * spread]
 DEFAULT_STRENGTH = 1.0
 
@@ -165,7 +167,7 @@ def pipeline_rate(net_rate: float, data_rate: float, workers: int) -> float:
 
 
 def make_plan(info: Path, crap_func: str, n_frames: int = 1, minutes: float = 15.0, lr_dir: Optional[Path] = None,
-              scale: int = 4, arch: str = "resnet34", seed: int = 0) -> Dict[str, object]:
+              scale: int = 4, arch: str = "resnet34", seed: int = 0, warm: bool = False) -> Dict[str, object]:
     """Every setting quick.sh needs; see the module docstring for the reasoning."""
     check_crappifier(crap_func)
     df = pd.read_csv(info)
@@ -182,7 +184,8 @@ def make_plan(info: Path, crap_func: str, n_frames: int = 1, minutes: float = 15
     n_train = int(min(4000, max(64, images / 12)))
     epochs = int(max(2, min(100, images // n_train)))
     plan = dict(TILE=tile, N_TRAIN=n_train, N_VALID=int(min(64, max(8, n_train // 10))), BS=bs, EPOCHS=epochs,
-                LR=1e-2, LOSS="--l1_loss", NET=f"--lr_space --encoder_stride {stride}", DEVICE=device, WORKERS=workers,
+                LR=WARM_LR if warm else LR, LOSS="--l1_loss", NET=f"--lr_space --encoder_stride {stride}",
+                DEVICE=device, WORKERS=workers,
                 RATE=round(rate, 2))
     if lr_dir:
         centre, sigma = estimate_strength(df, crap_func, Path(lr_dir), scale, seed)
@@ -194,11 +197,12 @@ def make_plan(info: Path, crap_func: str, n_frames: int = 1, minutes: float = 15
 
 
 def main(info: str, crap_func: str, n_frames: int = 1, minutes: float = 15.0, lr_dir: Optional[str] = None,
-         scale: int = 4, arch: str = "resnet34", seed: int = 0) -> None:
-    """Print the plan as KEY=VALUE lines for quick.sh (values are taken verbatim, spaces included)."""
+         scale: int = 4, arch: str = "resnet34", seed: int = 0, warm: bool = False) -> None:
+    """Print the plan as KEY=VALUE lines for quick.sh (values are taken verbatim, spaces included). --warm: the
+    model starts from a trained one (quick.sh's multi-frame model from its 1-frame one)."""
     if not Path(info).is_file():
         fail(info, "info CSV not found (step 1 writes it)")
-    for k, v in make_plan(Path(info), crap_func, n_frames, minutes, lr_dir or None, scale, arch, seed).items():
+    for k, v in make_plan(Path(info), crap_func, n_frames, minutes, lr_dir or None, scale, arch, seed, warm).items():
         print(f"{k}={v}")
 
 
