@@ -23,6 +23,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"   # python -m utils.quick from any folder
 : "${PY:=$ROOT/.venv/bin/python}" "${MINUTES:=20}" "${SEED:=0}" "${ARCH:=resnet34}" "${TRAIN_EXTRA=}" "${LR_DIR:=}"
 : "${WARM:=0.5}" "${FRESH:=1}"
+[[ $WARM =~ ^(0|1|0?\.[0-9]+)$ ]] || { echo "error: WARM must be a share of the budget from 0 to 1, not '$WARM'" >&2; exit 2; }
 if [ "$N_FRAMES" = 1 ]; then LR_TYPE=s; else : "${LR_TYPE:=t}"; fi
 START=$(date +%s)
 mkdir -p "$WORK"
@@ -70,7 +71,7 @@ if [ "$N_FRAMES" != 1 ] && [ "$WARM" != 0 ]; then
     # A short movie holds too few windows to teach a 5-frame model from scratch what one frame already shows
     # (it averaged neighbours and lost to the 1-frame model on nearly clean LR); started from the 1-frame model
     # it only has to learn what the neighbours add (README, "What to expect").
-    SECS=$("$PY" -c "print(int(($(left) - 2 * $OVERHEAD) * $WARM))")
+    SECS=$(awk -v s="$(left)" -v o="$OVERHEAD" -v w="$WARM" 'BEGIN { print int((s - 2 * o) * w) }')
     ONE=$(train_model 1 s "$SECS")
     echo "== quick: 1-frame model $ONE starts the $N_FRAMES-frame one" >&2
 fi
