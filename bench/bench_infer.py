@@ -6,7 +6,8 @@
 Speed: untrained networks (weights do not change the cost) restore one 128² LR image into a 512² output, through
 `Predictor` + `restore_frame` as image_gen.py runs them, in interleaved rounds (one run of every variant per round,
 median over rounds: the machine may be shared). Ours: the default U-Net (HR space), `--lr_space` as train.py
-builds it (encoder stride 16) and at stride 32 (the first --lr_space models), each as before this benchmark's
+builds it (encoder stride 16, `subpixel` head), with the `icnr` head of the models before it, and at stride 32
+with that head (the first --lr_space models), each as before this benchmark's
 optimizations (`Predictor(optimize=False)`: the trained module as is; `--fast` = bf16 autocast + channels_last)
 and after (`utils.speed.inference_model`), fp32 and bf16. Peer: PSSR2 (`pssr` 2.4.0 `ResUNet(channels=1,
 scale=4)`) in fp32, bf16 autocast + channels_last, and with bf16 weights (`.to(bfloat16)`, its fastest here); it
@@ -35,7 +36,7 @@ import tifffile  # noqa: E402
 import torch  # noqa: E402
 
 from utils.fileio import atomic_path  # noqa: E402
-from utils.model import build_model, make_meta  # noqa: E402
+from utils.model import LR_HEADS, build_model, make_meta  # noqa: E402
 from utils.restore import Predictor, restore_frame  # noqa: E402
 
 MEM_SCRIPT = """
@@ -108,8 +109,9 @@ def peer_variants(peer_site: Optional[str], device: str) -> dict:
                                                               optimize=False, batch_size=4)}
 
 
-OURS = {"default": dict(), "lr_space": dict(lr_space=True, encoder_stride=16),
-        "lr_space stride 32": dict(lr_space=True, encoder_stride=32)}
+OURS = {"default": dict(), "lr_space": dict(lr_space=True, encoder_stride=16, lr_head=LR_HEADS[0]),
+        "lr_space icnr head": dict(lr_space=True, encoder_stride=16, lr_head="icnr"),
+        "lr_space stride 32": dict(lr_space=True, encoder_stride=32, lr_head="icnr")}
 
 
 def our_variants(device: str, names=tuple(OURS)) -> dict:

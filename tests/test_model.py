@@ -11,12 +11,14 @@ from utils.errors import PSSRError
 from utils.model import build_model, find_weights, load_model, make_meta, save_model, widen_frames
 
 
-@pytest.mark.parametrize("lr_space", [False, True])
+@pytest.mark.parametrize("lr_space", [False, "subpixel", "icnr"])
 @pytest.mark.parametrize("n_frames", [1, 5])
 def test_shapes_and_bilinear_start(n_frames, lr_space):
     """(B, n, h, w) -> (B, 1, 4h, 4w); with the residual skip (opt-in; lr_space always) the zeroed output
     layer makes an untrained model exactly bilinear."""
-    model = build_model(dict(arch="resnet18", n_frames=n_frames, lr_space=lr_space, residual=True)).eval()
+    head = dict(lr_head=lr_space) if lr_space else {}
+    model = build_model(dict(arch="resnet18", n_frames=n_frames, lr_space=bool(lr_space), residual=True, **head))
+    model.eval()
     x = torch.rand(2, n_frames, 32, 32)
     with torch.no_grad():
         y = model(x)
@@ -123,3 +125,16 @@ def test_pretrained_weights_from_torch_cache(tmp_path, monkeypatch):
 def test_unknown_arch():
     with pytest.raises(PSSRError, match="unknown arch"):
         build_model(dict(arch="vgg16"))
+
+
+def test_lr_head_of_older_models():
+    """A model saved before `lr_head` was recorded has the `icnr` head: its .json (without the key) rebuilds it,
+    and its weights load; the `subpixel` head has no feature map of the U-Net's width at HR size."""
+    assert make_meta(lr_space=True)["lr_head"] == "icnr"
+    old = build_model(dict(arch="resnet18", lr_space=True, encoder_stride=8))
+    new = build_model(dict(arch="resnet18", lr_space=True, encoder_stride=8, lr_head="subpixel"))
+    assert [m.out_channels for m in old.head.modules() if isinstance(m, torch.nn.Conv2d)] == [128, 128, 1]
+    assert [m.out_channels for m in new.head.modules() if isinstance(m, torch.nn.Conv2d)] == [128, 4]
+    build_model(dict(arch="resnet18", lr_space=True, encoder_stride=8)).load_state_dict(old.state_dict())
+    with pytest.raises(PSSRError, match="lr_head"):
+        build_model(dict(arch="resnet18", lr_space=True, lr_head="espcn"))

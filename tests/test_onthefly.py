@@ -222,6 +222,7 @@ def test_quick_sh_end_to_end(sample_tree, tmp_path):
     assert name == "s_1_quick_em_AG_D_sameas_preprint_e1"
     _, meta = load_model(name, tmp_path / "work" / "models")
     assert meta["on_the_fly"] and meta["lr_space"] and meta["encoder_stride"] == 8 and meta["size"] == 128
+    assert meta["lr_head"] == "subpixel"
     assert meta["load_name"] is None and "LR=0.01" in log
     assert "STRENGTH=0.5,2" in log  # no LR_DIR: centred on the paper's noise level
 
@@ -241,7 +242,13 @@ def test_quick_sh_multi_frame_starts_from_one_frame_model(sample_tree, tmp_path)
 # (network, the largest whole-vs-tiled difference allowed, as a fraction of the model's own correction of bilinear).
 # The paper's HR-space network, trained from scratch without the residual skip, agrees less early in training:
 # measured 0.31 after 4 epochs, 0.22 after 12 (0.19 with --residual); the lr_space network 0.2 after 4.
-AGREEMENT = [(dict(lr_space=True, encoder_stride=8, lr=3e-2, lr_start=3e-2), 0.25), (dict(lr=1e-3), 0.4)]
+# The lr_space case trains the `icnr` head: a head of 1x1 convs and pixel shuffles cannot make the output depend on
+# the input's size, so what this tests is the U-Net body (its bottleneck), and this 4-epoch toy, calibrated with
+# that head, is chaotic with the `subpixel` one (0.01-0.65 over seeds and rates, some runs barely leaving
+# bilinear). Real models agree better with `subpixel`: 0.17-0.18 on held-out EM slices for the two 20-minute
+# quick.sh models, 0.26 for the `icnr` one (README, Step 3).
+AGREEMENT = [(dict(lr_space=True, encoder_stride=8, lr=3e-2, lr_start=3e-2, lr_head="icnr"), 0.25),
+             (dict(lr=1e-3), 0.4)]
 
 
 @pytest.mark.parametrize("net, tolerance", AGREEMENT, ids=["lr_space", "paper"])

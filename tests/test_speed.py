@@ -42,10 +42,11 @@ def trained_like(meta: dict, seed: int = 0) -> nn.Module:
     return model
 
 
-META = {"lr_space": dict(lr_space=True, encoder_stride=16, arch="resnet18", residual=True),
+META = {"lr_space": dict(lr_space=True, encoder_stride=16, arch="resnet18", residual=True, lr_head="subpixel"),
+        "lr_space_icnr": dict(lr_space=True, encoder_stride=16, arch="resnet18", residual=True, lr_head="icnr"),
         "default": dict(arch="resnet18", residual=True)}
 # LR test input (batch, frames, h, w): the default network runs at 4x the size (and ~25x the cost)
-SIZES = {"lr_space": (2, 1, 32, 64), "default": (1, 1, 16, 32)}
+SIZES = {"lr_space": (2, 1, 32, 64), "lr_space_icnr": (2, 1, 32, 64), "default": (1, 1, 16, 32)}
 
 
 _NETS = {}
@@ -75,7 +76,7 @@ def test_fp32_matches_reference(net):
         assert (out - ref).abs().max().item() <= FP32_TOL, name
     kinds = {type(m) for m in fast.modules()}
     assert not any(m._forward_pre_hooks for m in fast.modules() if m is not fast.unet)  # weight/spectral norm gone
-    assert Attention in kinds and Blur in kinds and (LRSpaceHead in kinds) == (name == "lr_space")
+    assert Attention in kinds and Blur in kinds and (LRSpaceHead in kinds) == name.startswith("lr_space")
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules()) < n_bn // 3  # encoder BNs folded
     after = model.state_dict()  # the caller's model is untouched (it may be trained further or saved)
@@ -106,10 +107,11 @@ def bilinear(x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("scale", [2, 4, 8])
-def test_lr_space_head_same_as_pixel_shuffle_head(scale):
+@pytest.mark.parametrize("kind", ["subpixel", "icnr"])
+def test_lr_space_head_same_as_pixel_shuffle_head(scale, kind):
     torch.manual_seed(0)
-    head = bake_reparametrizations(sr_head(8, scale, weight_norm=True).eval())
-    nn.init.normal_(head[-1].weight)
+    head = bake_reparametrizations(sr_head(8, scale, weight_norm=True, kind=kind).eval())
+    nn.init.normal_([m for m in head.modules() if isinstance(m, nn.Conv2d)][-1].weight)
     fused = fuse_sr_head(head)
     x = torch.randn(2, 8, 5, 7)
     with torch.no_grad():

@@ -21,7 +21,7 @@ import train
 import utils.training as training
 from utils.data import find_dataset, make_dls
 from utils.errors import PSSRError
-from utils.model import build_model, load_model
+from utils.model import build_model, load_model, make_meta, save_model
 from utils.training import lr_arg, read_schedule, sr_metrics, unet_splitter
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -224,6 +224,19 @@ def test_load_name_widens_one_frame_model(data, trained, tmp_path, capsys):
     assert load_model("t_5_z_e1", tmp_path / "m")[1]["n_frames"] == 5
 
 
+def test_load_name_needs_the_same_lr_head(tmp_path):
+    """An lr_space model saved before `lr_head` was recorded (its .json has none: the `icnr` head) cannot start a
+    run with today's `subpixel` head: a one-line error naming the option, not a state-dict mismatch."""
+    old = dict(arch="resnet18", lr_space=True, encoder_stride=8)
+    save_model(build_model(old), old, "old", tmp_path)
+    js = tmp_path / "old.json"
+    js.write_text(json.dumps({k: v for k, v in json.loads(js.read_text()).items() if k != "lr_head"}))
+    new = make_meta(**old, lr_head="subpixel")
+    with pytest.raises(PSSRError, match="lr_head=icnr"):
+        train.load_start(build_model(new), "old", tmp_path, new)
+    assert train.load_start(build_model(make_meta(**old)), "old", tmp_path, make_meta(**old)) is None
+
+
 def test_pretrain_needs_weights(data, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(PSSRError, match="--weights PATH"):
@@ -245,6 +258,7 @@ def broken_copy(data: Path, tmp: Path, name: str = NAME) -> Path:
     ("small", "smaller than --size"),
     ("crap", "unknown crappifier"),
     ("arch", "unknown arch"),
+    ("head", "unknown --lr_head"),
 ])
 def test_bad_inputs(data, tmp_path, case, match):
     """One-line PSSRError naming the problem; nothing in the models folder is written or changed."""
@@ -279,6 +293,8 @@ def test_bad_inputs(data, tmp_path, case, match):
         kw["data_path"] = str(d)
     elif case == "arch":
         kw["arch"] = "resnet99"
+    elif case == "head":
+        kw.update(lr_space=True, lr_head="espcn")
     with pytest.raises(PSSRError, match=match) as e:
         run(data, models, **kw)
     assert "\n" not in str(e.value)

@@ -70,7 +70,8 @@ def fold_batchnorms(model: nn.Module) -> nn.Module:
 
 
 class LRSpaceHead(nn.Module):
-    """`model.sr_head` (k x [1x1 conv, ReLU, pixel shuffle x2], 1x1 conv to one channel) computed at LR size.
+    """`model.sr_head` (k x [1x1 conv, ReLU, pixel shuffle x2], then a 1x1 conv to one channel, or to 4 and a
+    last pixel shuffle x2 for the `subpixel` head) computed at LR size.
 
     A 1x1 conv after a pixel shuffle is the same conv applied to each of the 4 sub-pixel channel groups before
     it, so every step runs on the LR grid as a grouped conv (one group per sub-pixel position so far) and a
@@ -83,7 +84,7 @@ class LRSpaceHead(nn.Module):
     def __init__(self, convs: list, out: nn.Conv2d):
         super().__init__()
         nf, steps = out.in_channels, len(convs)
-        self.steps = steps
+        self.steps = steps + (out.out_channels == 4)  # a 4-channel out conv is the last shuffle's sub-pixels
         layers = []
         for s, conv in enumerate(convs):
             groups = 4 ** s
@@ -96,7 +97,7 @@ class LRSpaceHead(nn.Module):
         b = out.bias.detach().repeat(n) if out.bias is not None else None
         self.convs = nn.ModuleList(layers)
         self.out = self._grouped(out.weight.detach().repeat(n, 1, 1, 1), b, n)
-        self.register_buffer("order", self._shuffle_order(steps), persistent=False)
+        self.register_buffer("order", self._shuffle_order(self.steps), persistent=False)
 
     @staticmethod
     def _grouped(w: torch.Tensor, b, groups: int) -> nn.Conv2d:
@@ -127,7 +128,7 @@ class LRSpaceHead(nn.Module):
         pages for it on every call."""
         b, _, h, w = x.shape
         r = 2 ** self.steps
-        widest = b * w * self.convs[-1].out_channels * x.element_size()
+        widest = b * w * max([self.out.out_channels] + [c.out_channels for c in self.convs]) * x.element_size()
         rows = max(1, min(h, self.BAND_BYTES // widest))
         bands = []
         for y0 in range(0, h, rows):
@@ -140,21 +141,28 @@ class LRSpaceHead(nn.Module):
 
 def fuse_sr_head(head: nn.Module) -> nn.Module:
     """`LRSpaceHead` for a head built by `model.sr_head` (weight norm baked in), else `head` unchanged."""
-    if not isinstance(head, nn.Sequential) or len(head) < 2 or not _plain_1x1(head[-1]):
+    if not isinstance(head, nn.Sequential) or len(head) < 2:
+        return head
+    steps, out = list(head)[:-1], head[-1]
+    if isinstance(out, nn.PixelShuffle) and out.upscale_factor == 2:  # subpixel: [steps..., conv to 4, shuffle]
+        steps, out = steps[:-1], steps[-1]
+        if not _plain_1x1(out) or out.out_channels != 4:
+            return head
+    elif not _plain_1x1(out) or out.out_channels != 1:
         return head
     convs = []
-    for step in list(head)[:-1]:
+    for step in steps:
         parts = list(step.modules())[1:]
         kinds = [type(m) for m in parts]
         conv = next((m for m in parts if isinstance(m, nn.Conv2d)), None)
         shuffle = next((m for m in parts if isinstance(m, nn.PixelShuffle)), None)
         if (conv is None or not _plain_1x1(conv) or shuffle is None or shuffle.upscale_factor != 2
-                or conv.out_channels != 4 * head[-1].in_channels or conv.in_channels != head[-1].in_channels
+                or conv.out_channels != 4 * out.in_channels or conv.in_channels != out.in_channels
                 or kinds.count(nn.ReLU) != 1 or any(k not in (nn.Sequential, nn.Conv2d, nn.ReLU, nn.PixelShuffle)
                                                     and not issubclass(k, nn.Sequential) for k in kinds)):
             return head
         convs.append(conv)
-    return LRSpaceHead(convs, head[-1])
+    return LRSpaceHead(convs, out)
 
 
 def _plain_1x1(m: nn.Module) -> bool:
