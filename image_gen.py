@@ -163,9 +163,11 @@ def main(src_dir: str, out_dir: str, models: Union[None, str, Sequence[str]] = N
     for j in shared if dist.is_main() else []:
         restore(j, None, True, bar=False)
     done, kept, bad = (set().union(*sets) for sets in zip(*dist.gather((done, kept, bad))))
+    main_rank = dist.is_main()
+    dist.finish()  # the last collective: every rank has what it needs
     bad -= done  # a file that failed on one rank but was finished by rank 0
     skipped, n_bad = len(bad), len({jobs[j][1] for j in bad})
-    if dist.is_main():
+    if main_rank:
         print(f"wrote {len(done)} restored file(s) under {out_dir}"
               + (f"; kept {len(kept)} existing" if kept else "")
               + (f"; skipped {skipped} ({n_bad} input file(s), see warnings)" if skipped else ""))

@@ -13,7 +13,8 @@ import os
 from datetime import timedelta
 from typing import Any, List, Optional, Sequence, Tuple
 
-__all__ = ["launched", "rank", "world", "is_main", "barrier", "gather", "owners", "share", "share_frames", "device"]
+__all__ = ["launched", "rank", "world", "is_main", "barrier", "gather", "finish", "owners", "share", "share_frames",
+           "device"]
 
 # A barrier waits for the slowest rank, which on terabytes can take hours; a rank that dies is caught by
 # the launcher (it stops the others), so the only cost of a long timeout is waiting on a hung rank.
@@ -54,6 +55,16 @@ def barrier() -> None:
     """Wait until every rank gets here (nothing to wait for with one process)."""
     if launched():
         _state().wait_for_everyone()
+
+
+def finish() -> None:
+    """Close the process group once every rank is done with it: one left open when the interpreter exits can
+    abort a rank from the communication threads' destructors ("terminate called without an active exception",
+    seen once in a two-process test run after every file was written)."""
+    global _STATE
+    if _STATE is not None:
+        _STATE.destroy_process_group()
+        _STATE = None
 
 
 def gather(obj: Any) -> List[Any]:
