@@ -127,14 +127,23 @@ def test_unknown_arch():
         build_model(dict(arch="vgg16"))
 
 
-def test_lr_head_of_older_models():
-    """A model saved before `lr_head` was recorded has the `icnr` head: its .json (without the key) rebuilds it,
+def test_lr_head_of_older_models(tmp_path):
+    """A model saved before `lr_head` was recorded has the `icnr` head: its .json (without the key) rebuilds it
     and its weights load; the `subpixel` head has no feature map of the U-Net's width at HR size."""
-    assert make_meta(lr_space=True)["lr_head"] == "icnr"
-    old = build_model(dict(arch="resnet18", lr_space=True, encoder_stride=8))
-    new = build_model(dict(arch="resnet18", lr_space=True, encoder_stride=8, lr_head="subpixel"))
+    meta = dict(arch="resnet18", lr_space=True, encoder_stride=8)
+    old = build_model(meta)
+    new = build_model(dict(meta, lr_head="subpixel"))
     assert [m.out_channels for m in old.head.modules() if isinstance(m, torch.nn.Conv2d)] == [128, 128, 1]
     assert [m.out_channels for m in new.head.modules() if isinstance(m, torch.nn.Conv2d)] == [128, 4]
-    build_model(dict(arch="resnet18", lr_space=True, encoder_stride=8)).load_state_dict(old.state_dict())
+    with torch.no_grad():
+        for p in old.head.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # not the zeroed start, which both heads share
+    save_model(old, meta, "old", tmp_path)
+    js = tmp_path / "old.json"
+    js.write_text(json.dumps({k: v for k, v in json.loads(js.read_text()).items() if k != "lr_head"}))
+    loaded, saved = load_model("old", tmp_path)
+    x = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        assert saved["lr_head"] == "icnr" and torch.equal(loaded.eval()(x), old.eval()(x))
     with pytest.raises(PSSRError, match="lr_head"):
         build_model(dict(arch="resnet18", lr_space=True, lr_head="espcn"))
