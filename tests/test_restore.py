@@ -173,28 +173,36 @@ MEMORY_SCRIPT = textwrap.dedent("""
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
 
-    src_path, dest = sys.argv[1], sys.argv[2]
-    with open_source(src_path) as src:
-        base = peak_rss()
-        restore_file(src, dest, Predictor(Upsampler(4), 4, multiple=1), RestoreSpec(tile=128, overlap=8))
+    def restore(path, dest):
+        with open_source(path) as src:
+            restore_file(src, dest, Predictor(Upsampler(4), 4, multiple=1), RestoreSpec(tile=128, overlap=8))
+
+    src_path, short_path, dest = sys.argv[1], sys.argv[4], sys.argv[2]
+    restore(short_path, dest + ".short.tif")  # lazy imports, thread pools and the row buffers: all width-sized
+    base = peak_rss()
+    restore(src_path, dest)
     print(base, peak_rss())
 """)
 
 
 def test_tiled_memory_bounded_by_tile_row(tmp_path):
-    """A 4000x2000 LR frame -> 16000x8000 float32 output (512 MB): peak RSS grows by far less."""
+    """A 4000x2000 LR frame -> 16000x8000 float32 output (512 MB): once a 300-row frame of the same width has
+    been restored (imports, allocator pools and the tile-row buffers are in place: they scale with the width),
+    the 13x taller frame raises the peak RSS by far less than its output. (An absolute bound on the first
+    restore flaked in CI: what the imports and the allocator add varies from machine to machine.)"""
     ny, nx = 4000, 2000
     rng = np.random.default_rng(0)
     img = np.repeat(np.repeat(rng.integers(0, 255, (ny // 8, nx // 8), dtype=np.uint8), 8, 0), 8, 1)
-    src_path = tmp_path / "big.tif"
+    src_path, short_path = tmp_path / "big.tif", tmp_path / "short.tif"
     tifffile.imwrite(src_path, img)
+    tifffile.imwrite(short_path, img[:300])
     dest = tmp_path / "big_out.tif"
-    r = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, src_path, dest, ROOT], capture_output=True,
-                       text=True, cwd=ROOT)
+    r = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, src_path, dest, ROOT, short_path],
+                       capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     base, peak = map(int, r.stdout.split()[-2:])
     out_bytes = 16 * ny * nx * 4
-    assert peak - base < out_bytes / 4, f"RSS grew by {(peak - base) / 2**20:.0f} MiB"
+    assert peak - base < out_bytes / 8, f"RSS grew by {(peak - base) / 2**20:.0f} MiB"
     lo, hi = np.percentile(img, (2, 99.99))
     mm = tifffile.memmap(dest, mode="r")
     assert mm.shape == (4 * ny, 4 * nx) and mm.dtype == np.float32
