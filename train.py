@@ -17,13 +17,13 @@ from typing import Optional
 
 import utils  # noqa: F401  (quiet fastai/torch import warnings first)
 import torch
-import torch.nn.functional as F
 from fastai.learner import Learner
 from fastai.torch_core import rank_distrib, set_seed
 
 from utils.crappifiers import check_crappifier, parse_strength
 from utils.data import MAX_ROTATE, MAX_ZOOM, find_dataset, find_hr_tiles, make_dls
 from utils.errors import fail, run_cli
+from utils.loss import sr_loss
 from utils.model import (ARCHS, DEFAULT_META, LR_HEADS, bottleneck_size, build_model, find_weights, load_safe,
                          model_exists, model_paths, read_meta, save_model, widen_frames)
 from utils.onthefly import SetDrawEpoch, make_fly_dls
@@ -94,7 +94,8 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
          data_path: str = "datasets", model_dir: str = "models", schedule: Optional[str] = None, seed: int = 0,
          device: Optional[str] = None, workers: int = 0, fp32: bool = False, resume: bool = False, force: bool = False,
          max_rotate: Optional[float] = None, max_zoom: Optional[float] = None, crap_func: Optional[str] = None,
-         crap_strength="1", encoder_stride: Optional[int] = None, lr_head: str = LR_HEADS[0]) -> None:
+         crap_strength="1", encoder_stride: Optional[int] = None, lr_head: str = LR_HEADS[0],
+         ssim_weight: float = 0.0) -> None:
     """Train; every option as the original train.py plus --schedule/--lr_space/--weights/--seed/--device/
     --workers/--model_dir/--fp32/--resume/--force/--crap_func/--crap_strength (README, Step 3).
 
@@ -105,8 +106,10 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     none for pre-made pairs (resampling crappified LR smooths its noise). encoder_stride: 16 for --lr_space
     (its U-Net sees LR pixels), else the paper's 32. lr_head: the --lr_space upsampling head, `subpixel` (its
     last x2 step linear, 1.5x faster training) or `icnr` (every step ReLU'd at HR size, models before it was
-    recorded; utils.model.sr_head). load_name: continue a model, or start a multi-frame model
-    from a 1-frame one (its frame becomes the centre: the new model starts as exactly the 1-frame one)."""
+    recorded; utils.model.sr_head). ssim_weight: adds this times (1 - SSIM) of the prediction fitted to the
+    target, as the evaluation scores it, to the pixel loss (utils.loss; not in the paper). load_name: continue
+    a model, or start a multi-frame model from a 1-frame one (its frame becomes the centre: the new model
+    starts as exactly the 1-frame one)."""
     if datasetname is None:
         fail(None, "--datasetname is required (a folder of --data_path written by tile_from_info.py)")
     if lr_type not in ("s", "t", "z"):
@@ -119,6 +122,8 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
         fail(None, f"unknown --lr_head '{lr_head}'; choose one of {', '.join(LR_HEADS)}")
     if crap_func is not None:
         check_crappifier(crap_func)
+    if isinstance(ssim_weight, bool) or not isinstance(ssim_weight, (int, float)) or not 0 <= ssim_weight <= 10:
+        fail(None, f"--ssim_weight must be a number from 0 to 10, not {ssim_weight!r}")
     strength = parse_strength(crap_strength)
     fly = crap_func is not None
     max_rotate = (MAX_ROTATE if fly else 0.0) if max_rotate is None else float(max_rotate)
@@ -152,7 +157,8 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
                      weights=str(weights_file) if weights_file else None, norm=spec0.norm,
                      crap_func=crap_func or spec0.crap_func, crap_strength=list(strength) if fly else None,
                      on_the_fly=fly, max_rotate=max_rotate, max_zoom=max_zoom,
-                     datasetname=datasetname, loss="l1" if l1_loss else "mse", seed=seed, schedule=plan_of(rounds),
+                     datasetname=datasetname, loss="l1" if l1_loss else "mse",
+                     ssim_weight=float(ssim_weight), seed=seed, schedule=plan_of(rounds),
                      load_name=load_name,
                      runtime=runtime())
     check_bottleneck(base_meta, rounds)
@@ -171,7 +177,7 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
                                max_rotate, max_zoom)
         else:
             dls = make_dls(spec, n_frames, rnd.size, rnd.bs, workers, dev, max_rotate, max_zoom)
-        learn = Learner(dls, model, loss_func=F.l1_loss if l1_loss else F.mse_loss, metrics=sr_metrics(),
+        learn = Learner(dls, model, loss_func=sr_loss(base_meta["loss"], ssim_weight), metrics=sr_metrics(),
                         splitter=unet_splitter, wd=WD, path=Path("."), model_dir=model_dir,
                         cbs=[SetDrawEpoch()] if fly else None)
         plain_training_progress(learn)

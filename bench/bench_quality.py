@@ -59,6 +59,7 @@ VARIANTS = {
     "mid_noise": {"STRENGTH": "0.25,2"},
     "wide_noise": {"STRENGTH": "0.1,2"},
     "mse": {"LOSS": ""},
+    "l1": {"LOSS": "--l1_loss"},  # without the SSIM term
     "resnet18": {"ARCH": "resnet18"},
     # the paper's HR-space network (~5x slower per image than --lr_space, so fewer epochs), without and with
     # the residual bilinear skip (--lr_space always has it)

@@ -18,8 +18,8 @@ from utils.errors import PSSRError
 from utils.model import load_model
 from utils.norm import to_uint8
 from utils.onthefly import FreshPairs, make_fly_dls, read_hr_stack
-from utils.quick import (estimate_strength, noise_sigma, pick_stride, pick_tile, pick_workers, pipeline_rate,
-                         sample_rate)
+from utils.quick import (SSIM_WEIGHT, estimate_strength, noise_sigma, pick_stride, pick_tile, pick_workers,
+                         pipeline_rate, sample_rate)
 from utils.restore import frame_windows
 from utils.tiling import make_dataset
 
@@ -223,13 +223,15 @@ def test_quick_sh_end_to_end(sample_tree, tmp_path):
     _, meta = load_model(name, tmp_path / "work" / "models")
     assert meta["on_the_fly"] and meta["lr_space"] and meta["encoder_stride"] == 8 and meta["size"] == 128
     assert meta["lr_head"] == "subpixel"
+    assert meta["loss"] == "l1" and meta["ssim_weight"] == SSIM_WEIGHT > 0
     assert meta["load_name"] is None and "LR=0.01" in log
     assert "STRENGTH=0.5,2" in log  # no LR_DIR: centred on the paper's noise level
 
 
 def test_quick_sh_multi_frame_starts_from_one_frame_model(sample_tree, tmp_path):
     """N_FRAMES 5: quick.sh trains a 1-frame model first and the 5-frame one from its weights, at the
-    fine-tuning rate; the last line names the 5-frame model."""
+    fine-tuning rate, both on L1 alone (no SSIM term in a multi-frame run); the last line names the 5-frame
+    model."""
     name, log = run_quick(sample_tree, tmp_path, "fluo_live", "new_crap_AG_SP", "5")
     assert name == "t_5_quick_new_crap_AG_SP_e1"
     models = tmp_path / "work" / "models"
@@ -237,6 +239,7 @@ def test_quick_sh_multi_frame_starts_from_one_frame_model(sample_tree, tmp_path)
     _, five = load_model(name, models)
     assert one["n_frames"] == 1 and five["n_frames"] == 5 and five["load_name"] == "s_1_quick_new_crap_AG_SP_e1"
     assert [line.strip() for line in log.splitlines() if line.strip().startswith("LR=")] == ["LR=0.01", "LR=0.002"]
+    assert one["loss"] == five["loss"] == "l1" and one["ssim_weight"] == five["ssim_weight"] == 0
 
 
 # (network, the largest whole-vs-tiled difference allowed, as a fraction of the model's own correction of bilinear).

@@ -259,6 +259,7 @@ def broken_copy(data: Path, tmp: Path, name: str = NAME) -> Path:
     ("crap", "unknown crappifier"),
     ("arch", "unknown arch"),
     ("head", "unknown --lr_head"),
+    ("ssim", "--ssim_weight must be"),
 ])
 def test_bad_inputs(data, tmp_path, case, match):
     """One-line PSSRError naming the problem; nothing in the models folder is written or changed."""
@@ -295,6 +296,8 @@ def test_bad_inputs(data, tmp_path, case, match):
         kw["arch"] = "resnet99"
     elif case == "head":
         kw.update(lr_space=True, lr_head="espcn")
+    elif case == "ssim":
+        kw["ssim_weight"] = -0.1
     with pytest.raises(PSSRError, match=match) as e:
         run(data, models, **kw)
     assert "\n" not in str(e.value)

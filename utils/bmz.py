@@ -29,6 +29,7 @@ import torch
 
 from .errors import PSSRError, fail, run_cli, warn
 from .fileio import atomic_path, save_tif
+from .loss import loss_name
 from .norm import normalize
 from .sources import find_images, open_source
 
@@ -152,7 +153,7 @@ Method: {PAPER}, doi:{PAPER_DOI}.
 ## Training
 Data set `{meta.get('datasetname')}`, crappifier `{meta.get('crap_func')}` (the model learnt to undo this
 degradation; images degraded otherwise may restore worse), {meta.get('epochs')} epochs, training crop
-{meta['size']} HR px ({crop} LR px), loss {meta.get('loss', 'mse')}. All training metadata is in `config.pssr`
+{meta['size']} HR px ({crop} LR px), loss {loss_name(meta)}. All training metadata is in `config.pssr`
 of `rdf.yaml`.
 
 ## Use
@@ -208,7 +209,7 @@ def describe(name: str, meta: dict, files: dict, authors: Sequence[str], license
     config = bmz.Config(
         bioimageio=bmz.BioimageioConfig(
             architecture_type="ResNet U-Net", modality=modality(meta), task="super-resolution",
-            training=bmz.TrainingDetails(training_epochs=meta.get("epochs"), loss_function=meta.get("loss"))),
+            training=bmz.TrainingDetails(training_epochs=meta.get("epochs"), loss_function=loss_name(meta))),
         pssr=meta)
     return bmz.ModelDescr(
         name=f"PSSR {name}", description=description(meta),

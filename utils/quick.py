@@ -13,8 +13,12 @@ Prints KEY=VALUE lines (`TILE=256` ...) that quick.sh reads, and writes nothing.
 - the epoch count from measured rates of the network and of crappifying on the fly (on a CPU they take
   turns; beside a GPU, data-loader workers crappify and the slower side sets the pace), so the whole of
   quick.sh fits the budget; a GPU, when there is one, trains more images in the same time;
-- L1 loss and lr 1e-2 (one-cycle) for every layer group (no pretrained encoder to protect), which learned
-  fastest on real EM (README, "What to expect"); 2e-3 for a multi-frame model that starts from a trained
+- L1 loss plus SSIM_WEIGHT x (1 - SSIM) (utils.loss: a pixel loss alone predicts the smooth conditional
+  mean; on held-out real EM the term raised the SSIM gain over bilinear at the same PSNR gain); L1 alone for
+  both models of a multi-frame run (with the term, the 5-frame model scored 0.2-0.3 dB lower on held-out
+  synthetic movies, README) and lr 1e-2
+  (one-cycle) for every layer group (no pretrained encoder to protect), which learned fastest on real EM
+  (README, "What to expect"); 2e-3 for a multi-frame model that starts from a trained
   1-frame one (`--warm`): 1e-2 undid part of its start (README).
 """
 import os
@@ -25,10 +29,10 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from .crappifiers import check_crappifier, crappify
 from .errors import fail, run_cli
+from .loss import sr_loss
 from .model import LR_HEADS, build_model
 from .norm import normalize, percentiles, to_uint8
 from .onthefly import augment_hr
@@ -40,6 +44,7 @@ __all__ = ["pick_tile", "pick_stride", "noise_sigma", "estimate_strength", "trai
 TILES = (256, 128, 64)  # HR tile sides, largest first: larger crops give the U-Net more context per step
 MIN_BOTTLENECK = 4
 LR, WARM_LR = 1e-2, 2e-3
+SSIM_WEIGHT = 0.03
 STRENGTH_SPREAD = 2.0  # the drawn noise level spans [centre / spread, centre * spread]
 DEFAULT_STRENGTH = 1.0
 # The probes time the network on tensors already in memory and crappifying one frame; the training loop also
@@ -101,8 +106,8 @@ def estimate_strength(df: pd.DataFrame, crap_func: str, lr_dir: Path, scale: int
     return float(np.median(real) / np.median(ours)), float(np.median(real))
 
 
-def training_rate(meta: dict, size: int, bs: int, device: str, steps: int = 3) -> float:
-    """Training images per second of this network and crop on `device` (after one warm-up step)."""
+def training_rate(meta: dict, size: int, bs: int, device: str, steps: int = 3, ssim_weight: float = 0.0) -> float:
+    """Training images per second of this network, crop and loss on `device` (after one warm-up step)."""
     torch.manual_seed(0)
     model = build_model(meta).to(device).train()
     opt = torch.optim.Adam(model.parameters(), 1e-4)
@@ -110,12 +115,13 @@ def training_rate(meta: dict, size: int, bs: int, device: str, steps: int = 3) -
     x = torch.rand(bs, n_in, size // 4, size // 4, device=device)
     y = torch.rand(bs, 1, size, size, device=device)
     cpu = device == "cpu"
+    loss_func = sr_loss("l1", ssim_weight)
     if cpu:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
 
     def step():
         with torch.autocast("cpu" if cpu else "cuda", dtype=torch.bfloat16):
-            loss = F.mse_loss(model(x).float(), y)
+            loss = loss_func(model(x).float(), y)
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -171,7 +177,8 @@ def pipeline_rate(net_rate: float, data_rate: float, workers: int) -> float:
 
 
 def make_plan(info: Path, crap_func: str, n_frames: int = 1, minutes: float = 15.0, lr_dir: Optional[Path] = None,
-              scale: int = 4, arch: str = "resnet34", seed: int = 0, warm: bool = False) -> Dict[str, object]:
+              scale: int = 4, arch: str = "resnet34", seed: int = 0, warm: bool = False,
+              ssim_weight: float = SSIM_WEIGHT) -> Dict[str, object]:
     """Every setting quick.sh needs; see the module docstring for the reasoning."""
     check_crappifier(crap_func)
     df = pd.read_csv(info)
@@ -183,13 +190,15 @@ def make_plan(info: Path, crap_func: str, n_frames: int = 1, minutes: float = 15
                 lr_head=LR_HEADS[0])
     workers = pick_workers(device)
     data_rate = sample_rate(df, crap_func, tile, n_frames, scale, seed, threads=1 if workers else None)
-    rate = pipeline_rate(training_rate(meta, tile, bs, device), data_rate, workers)
+    rate = pipeline_rate(training_rate(meta, tile, bs, device, ssim_weight=ssim_weight), data_rate, workers)
     # 10% margin for validation, saving and a noisy probe.
     images = rate * LOOP_EFFICIENCY * minutes * 60 * 0.9
     n_train = int(min(4000, max(64, images / 12)))
     epochs = int(max(2, min(100, images // n_train)))
+    loss = f"--l1_loss --ssim_weight {ssim_weight:g}" if ssim_weight else "--l1_loss"
     plan = dict(TILE=tile, N_TRAIN=n_train, N_VALID=int(min(64, max(8, n_train // 10))), BS=bs, EPOCHS=epochs,
-                LR=WARM_LR if warm else LR, LOSS="--l1_loss", NET=f"--lr_space --encoder_stride {stride}",
+                LR=WARM_LR if warm else LR, LOSS=loss,
+                NET=f"--lr_space --encoder_stride {stride}",
                 DEVICE=device, WORKERS=workers,
                 RATE=round(rate, 2))
     if lr_dir:
@@ -202,12 +211,15 @@ def make_plan(info: Path, crap_func: str, n_frames: int = 1, minutes: float = 15
 
 
 def main(info: str, crap_func: str, n_frames: int = 1, minutes: float = 15.0, lr_dir: Optional[str] = None,
-         scale: int = 4, arch: str = "resnet34", seed: int = 0, warm: bool = False) -> None:
+         scale: int = 4, arch: str = "resnet34", seed: int = 0, warm: bool = False,
+         ssim_weight: float = SSIM_WEIGHT) -> None:
     """Print the plan as KEY=VALUE lines for quick.sh (values are taken verbatim, spaces included). --warm: the
-    model starts from a trained one (quick.sh's multi-frame model from its 1-frame one)."""
+    model starts from a trained one (quick.sh's multi-frame model from its 1-frame one). --ssim_weight: of the
+    loss's SSIM term (quick.sh gives 0 for both models of a multi-frame run, module docstring)."""
     if not Path(info).is_file():
         fail(info, "info CSV not found (step 1 writes it)")
-    for k, v in make_plan(Path(info), crap_func, n_frames, minutes, lr_dir or None, scale, arch, seed, warm).items():
+    for k, v in make_plan(Path(info), crap_func, n_frames, minutes, lr_dir or None, scale, arch, seed, warm,
+                          float(ssim_weight)).items():
         print(f"{k}={v}")
 
 
