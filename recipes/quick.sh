@@ -25,7 +25,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"   # python -m utils.quick f
 : "${WARM:=0.5}" "${FRESH:=1}"
 [[ $WARM =~ ^(0|1|0?\.[0-9]+)$ ]] || { echo "error: WARM must be a share of the budget from 0 to 1, not '$WARM'" >&2; exit 2; }
 if [ "$N_FRAMES" = 1 ]; then LR_TYPE=s; else : "${LR_TYPE:=t}"; fi
-# No SSIM term in a multi-frame run (either model): it cost the 5-frame model 0.2-0.3 dB on held-out movies.
+# No SSIM term in a multi-frame run (either model): it cost the 5-frame model 0.17-0.30 dB on held-out movies.
 SSIM_ARG=; [ "$N_FRAMES" = 1 ] || SSIM_ARG="--ssim_weight 0"
 START=$(date +%s)
 mkdir -p "$WORK"

@@ -14,12 +14,12 @@ Prints KEY=VALUE lines (`TILE=256` ...) that quick.sh reads, and writes nothing.
   turns; beside a GPU, data-loader workers crappify and the slower side sets the pace), so the whole of
   quick.sh fits the budget; a GPU, when there is one, trains more images in the same time;
 - L1 loss plus SSIM_WEIGHT x (1 - SSIM) (utils.loss: a pixel loss alone predicts the smooth conditional
-  mean; on held-out real EM the term raised the SSIM gain over bilinear at the same PSNR gain); L1 alone for
-  both models of a multi-frame run (with the term, the 5-frame model scored 0.2-0.3 dB lower on held-out
-  synthetic movies, README) and lr 1e-2
-  (one-cycle) for every layer group (no pretrained encoder to protect), which learned fastest on real EM
-  (README, "What to expect"); 2e-3 for a multi-frame model that starts from a trained
-  1-frame one (`--warm`): 1e-2 undid part of its start (README).
+  mean; on held-out real EM the term raised the SSIM gain over bilinear at the same PSNR gain), L1 alone for
+  both models of a multi-frame run (with the term, the 5-frame model scored 0.17-0.30 dB lower on held-out
+  synthetic movies);
+- lr 1e-2 (one-cycle) for every layer group (no pretrained encoder to protect), which learned fastest on
+  real EM (README, "What to expect"); 2e-3 for a multi-frame model that starts from a trained 1-frame one
+  (`--warm`): 1e-2 undid part of its start (README).
 """
 import os
 import time
