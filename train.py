@@ -26,7 +26,7 @@ from utils.errors import fail, run_cli
 from utils.loss import sr_loss
 from utils.model import (ARCHS, DEFAULT_META, LR_HEADS, bottleneck_size, build_model, find_weights, load_safe,
                          model_exists, model_paths, read_meta, save_model, widen_frames)
-from utils.onthefly import SetDrawEpoch, make_fly_dls
+from utils.onthefly import Draws, SetDrawEpoch, make_fly_dls
 from utils.progress import plain_training_progress
 from utils.training import (CPUFastPath, add_precision, bilinear_baseline, ckpt_path, export_learner, fit_rounds,
                             plain_opt_state, plan_of, read_ckpt, read_schedule, single_round, sr_metrics,
@@ -166,6 +166,7 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     opt_state = load_start(model, load_name, model_dir, base_meta) if load_name else None
     model = model.to(dev)
     precision = []
+    draws = Draws(crap_func, scale, strength, seed, max_rotate, max_zoom) if fly else None
 
     def make_learner(rnd):
         # --bs is per process: fastai's DistributedDL hands each rank whole batches of the loader's size, drawn
@@ -173,8 +174,7 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
         spec = specs[_key(rnd, datasetname)]
         if fly:
             dls = make_fly_dls([hr for _, hr in spec.pairs["train"]], [hr for _, hr in spec.pairs["valid"]],
-                               n_frames, rnd.size, scale, crap_func, strength, rnd.bs, seed, workers, dev,
-                               max_rotate, max_zoom)
+                               n_frames, rnd.size, draws, rnd.bs, workers, dev)
         else:
             dls = make_dls(spec, n_frames, rnd.size, rnd.bs, workers, dev, max_rotate, max_zoom)
         learn = Learner(dls, model, loss_func=sr_loss(base_meta["loss"], ssim_weight), metrics=sr_metrics(),

@@ -17,7 +17,7 @@ from utils.data import EDGE_P, edge_window, find_hr_tiles
 from utils.errors import PSSRError
 from utils.model import load_model
 from utils.norm import to_uint8
-from utils.onthefly import FreshPairs, make_fly_dls, read_hr_stack
+from utils.onthefly import Draws, FreshPairs, make_fly_dls, read_hr_stack
 from utils.quick import (SSIM_WEIGHT, estimate_strength, noise_sigma, pick_stride, pick_tile, pick_workers,
                          pipeline_rate, sample_rate)
 from utils.restore import frame_windows
@@ -58,9 +58,10 @@ def test_hr_stack_centre_is_the_paired_data_sets_hr_tile(sample_info, hr_sets, t
 
 def test_fresh_pairs_are_seeded_and_new_every_epoch(hr_sets):
     items = [f for _, f in find_hr_tiles(hr_sets, "s_1_sample_hr", "s", 64, 1, 48).pairs["train"]]
-    ds = FreshPairs(items, 1, 48, 4, "em_AG_D_sameas_preprint", (0.5, 2.0), seed=3, max_rotate=10, max_zoom=1.1)
+    draws = Draws("em_AG_D_sameas_preprint", 4, (0.5, 2.0), seed=3, max_rotate=10, max_zoom=1.1)
+    ds = FreshPairs(items, 1, 48, draws)
     a = [ds[i] for i in range(4)]
-    again = FreshPairs(items, 1, 48, 4, "em_AG_D_sameas_preprint", (0.5, 2.0), seed=3, max_rotate=10, max_zoom=1.1)
+    again = FreshPairs(items, 1, 48, draws)
     assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, [again[i] for i in range(4)]))
     ds.epoch = 1
     b = [ds[i] for i in range(4)]
@@ -68,7 +69,7 @@ def test_fresh_pairs_are_seeded_and_new_every_epoch(hr_sets):
     lr, hr = a[0]
     assert lr.shape == (1, 12, 12) and hr.shape == (1, 48, 48) and lr.dtype == hr.dtype == torch.float32
     # validation pairs do not change with the epoch
-    va = FreshPairs(items, 1, 48, 4, "em_AG_D_sameas_preprint", (0.5, 2.0), seed=3, train=False)
+    va = FreshPairs(items, 1, 48, draws, train=False)
     v0 = va[0][0].clone()
     va.epoch = 5
     assert torch.equal(v0, va[0][0])
@@ -78,7 +79,7 @@ def test_lr_is_the_crappified_augmented_hr(hr_sets):
     """With a noiseless crappifier the LR is exactly the downsampled HR crop: augmentation happened before
     crappifying, and LR and HR stay aligned."""
     items = [f for _, f in find_hr_tiles(hr_sets, "s_1_sample_hr", "s", 64, 1, 48).pairs["train"]]
-    ds = FreshPairs(items, 1, 48, 4, "no_crap", seed=0)
+    ds = FreshPairs(items, 1, 48, Draws("no_crap"))
     for i in range(4):
         lr, hr = ds[i]
         assert np.array_equal(lr[0].numpy(), to_uint8(downsample(hr[0].numpy(), 4)) / np.float32(255))
@@ -86,8 +87,8 @@ def test_lr_is_the_crappified_augmented_hr(hr_sets):
 
 def test_multi_frame_fresh_pairs(hr_sets):
     spec = find_hr_tiles(hr_sets / "mf", "t_5_sample_hr", "t", 64, 5, 64)
-    dls = make_fly_dls([f for _, f in spec.pairs["train"]], [f for _, f in spec.pairs["valid"]], 5, 64, 4,
-                       "new_crap_AG_SP", (1, 1), bs=4)
+    dls = make_fly_dls([f for _, f in spec.pairs["train"]], [f for _, f in spec.pairs["valid"]], 5, 64,
+                       Draws("new_crap_AG_SP"), bs=4)
     xb, yb = dls.train.one_batch()
     assert xb.shape == (4, 5, 16, 16) and yb.shape == (4, 1, 64, 64)
     stack = read_hr_stack(spec.pairs["valid"][0][1], 5)
@@ -114,9 +115,9 @@ def test_edge_windows_are_image_gens_first_and_last_windows(hr_sets):
                 x = ds[i][0].numpy()
                 n += any(np.array_equal(x[j], x[j + 1]) for j in range(4))
         return n, epochs * len(ds)
-    n, of = n_edge(FreshPairs(items, 5, 64, 4, "no_crap", seed=0), 10)
+    n, of = n_edge(FreshPairs(items, 5, 64, Draws("no_crap")), 10)
     assert 0.5 * EDGE_P * of < n < 2 * EDGE_P * of, (n, of)
-    assert n_edge(FreshPairs(items, 5, 64, 4, "no_crap", seed=0, train=False), 3)[0] == 0
+    assert n_edge(FreshPairs(items, 5, 64, Draws("no_crap"), train=False), 3)[0] == 0
 
 
 def test_strength_scales_the_noise():

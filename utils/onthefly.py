@@ -12,6 +12,7 @@ target and whose frames are each crappified, as the paper's multi-frame pairs (M
 `data.EDGE_P` of them as the windows of a movie's first or last frames (`data.edge_window`).
 """
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
@@ -26,7 +27,7 @@ from .crappifiers import crappify, draw_strength
 from .data import EDGE_P, affine_crop, dihedral, dihedral_matrix, edge_window, read_tile
 from .norm import to_uint8
 
-__all__ = ["read_hr_stack", "augment_hr", "FreshPairs", "SetDrawEpoch", "make_fly_dls"]
+__all__ = ["read_hr_stack", "augment_hr", "Draws", "FreshPairs", "SetDrawEpoch", "make_fly_dls"]
 
 
 def read_hr_stack(path: Path, n_frames: int) -> np.ndarray:
@@ -58,36 +59,45 @@ def centre_crop(hr: np.ndarray, size: int) -> np.ndarray:
     return hr[:, y:y + size, x:x + size]
 
 
+@dataclass(frozen=True)
+class Draws:
+    """How every pair is drawn from an HR tile (train.py's --crap_func, --crap_strength, --max_rotate,
+    --max_zoom and --seed): one object, so the training pairs, their loaders and a pickled learner agree."""
+    crap_func: str
+    scale: int = 4
+    strength: Tuple[float, float] = (1.0, 1.0)  # noise level range (crappifiers.draw_strength)
+    seed: int = 0
+    max_rotate: float = 0.0  # HR rotation/zoom before crappifying (training pairs only; validation pairs
+    max_zoom: float = 1.0    # are centre crops)
+
+
 class FreshPairs:
     """Indexable (lr, hr) pairs crappified at every draw; `epoch` (set by `SetDrawEpoch`) picks the draw.
 
     Validation pairs (`train=False`) are centre crops with one fixed draw per tile, so epochs compare.
     All frames of a stack share one noise strength (one acquisition) but get their own noise."""
 
-    def __init__(self, items: Sequence[Path], n_frames: int, size: int, scale: int, crap_func: str,
-                 strength: Tuple[float, float] = (1.0, 1.0), seed: int = 0, train: bool = True,
-                 max_rotate: float = 0.0, max_zoom: float = 1.0):
-        self.items, self.n_frames, self.size, self.scale = list(items), n_frames, size, scale
-        self.crap_func, self.strength, self.seed, self.train = crap_func, tuple(strength), seed, train
-        self.max_rotate, self.max_zoom, self.epoch = max_rotate, max_zoom, 0
+    def __init__(self, items: Sequence[Path], n_frames: int, size: int, draws: Draws, train: bool = True):
+        self.items, self.n_frames, self.size, self.draws, self.train = list(items), n_frames, size, draws, train
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.items)
 
     def rng(self, i: int) -> np.random.Generator:
         epoch = self.epoch if self.train else 0
-        return np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(2, int(self.train), epoch, i)))
+        return np.random.default_rng(np.random.SeedSequence(self.draws.seed, spawn_key=(2, int(self.train), epoch, i)))
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        rng = self.rng(i)
+        rng, d = self.rng(i), self.draws
         hr = read_hr_stack(self.items[i], self.n_frames)
         if self.train:
-            hr = augment_hr(hr, self.size, rng, self.max_rotate, self.max_zoom)
+            hr = augment_hr(hr, self.size, rng, d.max_rotate, d.max_zoom)
         else:
             hr = centre_crop(hr, self.size)
-        s = draw_strength(rng, *self.strength)
+        s = draw_strength(rng, *d.strength)
         # LR is stored as uint8 like real 8-bit scans and step-2 tiles, so both paths see the same quantization.
-        lr = np.stack([to_uint8(crappify(self.crap_func, f, self.scale, rng, s)) for f in hr]).astype(np.float32) / 255
+        lr = np.stack([to_uint8(crappify(d.crap_func, f, d.scale, rng, s)) for f in hr]).astype(np.float32) / 255
         if self.train and self.n_frames > 1 and rng.random() < EDGE_P:
             lr = edge_window(lr, rng)
         c = self.n_frames // 2
@@ -95,9 +105,7 @@ class FreshPairs:
 
     def new_empty(self) -> "FreshPairs":
         """For `learn.export()`, which pickles the loaders without their items."""
-        empty = FreshPairs([], self.n_frames, self.size, self.scale, self.crap_func, self.strength, self.seed,
-                           self.train, self.max_rotate, self.max_zoom)
-        return empty
+        return FreshPairs([], self.n_frames, self.size, self.draws, self.train)
 
 
 class SetDrawEpoch(Callback):
@@ -111,12 +119,11 @@ class SetDrawEpoch(Callback):
             ds.epoch = self.epoch
 
 
-def make_fly_dls(train: List[Path], valid: List[Path], n_frames: int, size: int, scale: int, crap_func: str,
-                 strength: Tuple[float, float], bs: int, seed: int = 0, workers: int = 0, device: str = "cpu",
-                 max_rotate: float = 0.0, max_zoom: float = 1.0) -> DataLoaders:
+def make_fly_dls(train: List[Path], valid: List[Path], n_frames: int, size: int, draws: Draws, bs: int,
+                 workers: int = 0, device: str = "cpu") -> DataLoaders:
     """fastai DataLoaders of fresh pairs (train shuffled and augmented, valid fixed centre crops)."""
-    tr = FreshPairs(train, n_frames, size, scale, crap_func, strength, seed, True, max_rotate, max_zoom)
-    va = FreshPairs(valid, n_frames, size, scale, crap_func, strength, seed, False)
+    tr = FreshPairs(train, n_frames, size, draws, train=True)
+    va = FreshPairs(valid, n_frames, size, draws, train=False)
     dl_tr = DataLoader(tr, bs=bs, shuffle=True, drop_last=len(tr) >= bs, num_workers=workers, device=device)
     dl_va = DataLoader(va, bs=bs, shuffle=False, num_workers=workers, device=device)
     return DataLoaders(dl_tr, dl_va, device=device)
