@@ -243,23 +243,22 @@ def test_quick_sh_multi_frame_starts_from_one_frame_model(sample_tree, tmp_path)
     assert one["loss"] == five["loss"] == "l1" and one["ssim_weight"] == five["ssim_weight"] == 0
 
 
-# (network, the largest whole-vs-tiled difference allowed, as a fraction of the model's own correction of bilinear).
-# The paper's HR-space network, trained from scratch without the residual skip, agrees less early in training:
-# measured 0.31 after 4 epochs, 0.22 after 12 (0.19 with --residual); the lr_space network 0.2 after 4.
 # The lr_space case trains the `icnr` head: a head of 1x1 convs and pixel shuffles cannot make the output depend on
-# the input's size, so what this tests is the U-Net body (its bottleneck), and this 4-epoch toy, calibrated with
-# that head, is chaotic with the `subpixel` one (0.01-0.65 over seeds and rates, some runs barely leaving
-# bilinear). Real models agree better with `subpixel`: 0.17-0.18 on held-out EM slices for the two 20-minute
-# quick.sh models, 0.26 for the `icnr` one (README, Step 3).
-AGREEMENT = [(dict(lr_space=True, encoder_stride=8, lr=3e-2, lr_start=3e-2, lr_head="icnr"), 0.25),
-             (dict(lr=1e-3), 0.4)]
+# the input's size, so what this tests is the U-Net body (its bottleneck). The paper's network trains with
+# --residual: without it, 16 steps leave an output that correlates ~0.2 with its input, and the whole-vs-tiled
+# difference of such noise swings 0.1-2.8x the contrast between seeds (0.003-0.006 with it).
+AGREEMENT = [dict(lr_space=True, encoder_stride=8, lr=3e-2, lr_start=3e-2, lr_head="icnr"),
+             dict(lr=1e-3, residual=True)]
 
 
-@pytest.mark.parametrize("net, tolerance", AGREEMENT, ids=["lr_space", "paper"])
-def test_model_agrees_whole_and_tiled(sample_info, tmp_path, net, tolerance):
+@pytest.mark.parametrize("net", AGREEMENT, ids=["lr_space", "paper"])
+def test_model_agrees_whole_and_tiled(sample_info, tmp_path, net):
     """A model trained on 128-px HR crops (32-px LR; lr_space with a stride-8 encoder, or the paper's network,
     both a 4x4 bottleneck) gives the same image whole or in tiles of its training size, on an input 5x larger
-    than the crop."""
+    than the crop, to a quarter of the image's contrast (its mean absolute deviation): lr_space 0.004-0.11 over
+    6 seeds; with a 1x1 bottleneck (stride-32 encoder, train.py's check bypassed) 1.1-6.6 in 3 seeds of 4. The
+    difference over the model's correction of bilinear does not tell the two apart (0.04-1.8 and 0.4-0.7):
+    16 training steps leave small, seed-dependent corrections. Real models: README, Steps 4-5."""
     from utils.restore import Predictor, restore_frame
     from tests.restore_helpers import smooth_image
     make_dataset(tmp_path / "ds", sample_info, [128], 16, 4, crap_func=None, only=["em"], seed=2)
@@ -272,10 +271,10 @@ def test_model_agrees_whole_and_tiled(sample_info, tmp_path, net, tolerance):
     band = lambda y0, h: img[None, y0:y0 + h]  # noqa: E731
     whole = np.concatenate(list(restore_frame(band, 160, 160, pred, 4)))
     tiled = np.concatenate(list(restore_frame(band, 160, 160, pred, 4, tile=meta["size"] // 4, overlap=8)))
-    bilinear = torch.nn.functional.interpolate(torch.from_numpy(img)[None, None], scale_factor=4, mode="bilinear")
-    correction = np.abs(whole - bilinear[0, 0].numpy()).mean()
-    assert correction > 1e-3  # the model does more than bilinear, so agreement means something
-    assert np.abs(whole - tiled).mean() < tolerance * correction
+    bilinear = torch.nn.functional.interpolate(torch.from_numpy(img)[None, None], scale_factor=4,
+                                               mode="bilinear")[0, 0].numpy()
+    assert not np.array_equal(whole, bilinear)
+    assert np.abs(whole - tiled).mean() < 0.25 * np.abs(bilinear - bilinear.mean()).mean()
 
 
 def test_a_model_no_better_than_bilinear_says_so(hr_sets, tmp_path, capsys):
