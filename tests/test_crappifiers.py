@@ -1,8 +1,10 @@
 """Every crappifier: contract (shape, dtype, range, determinism) and the noise the paper describes."""
 import numpy as np
 import pytest
+from skimage import filters
+from skimage.util import random_noise
 
-from utils.crappifiers import CRAPPIFIERS, crappifier, crappify, downsample
+from utils.crappifiers import CRAPPIFIERS, _local_gaussian, _salt_pepper, crappifier, crappify, downsample
 from utils.errors import PSSRError
 
 NAMES = sorted(CRAPPIFIERS)
@@ -76,6 +78,34 @@ def test_em_crappifier_additive_gaussian_scales_with_brightness():
         out = crappify("em_AG_D_sameas_preprint", flat, 1, np.random.default_rng(0))
         assert out.mean() == pytest.approx(level, abs=0.02)
         assert out.std() == pytest.approx(np.sqrt(0.05 * level), rel=0.12)
+
+
+@pytest.mark.parametrize("sigma, gain", [(3, 0.05), (5, 0.5)])  # the EM and fluorescence crappifiers' noise
+def test_local_gaussian_draws_what_scikit_images_localvar_draws(sigma, gain):
+    """The float32 noise (faster) has the distribution of scikit-image's random_noise 'localvar' with the
+    blurred-brightness variance, clipping included: mean and spread per band of brightness agree."""
+    img = np.tile(np.linspace(0.02, 0.9, 256, dtype=np.float32), (256, 1))
+    lvar = (filters.gaussian(img, sigma=sigma) + 1e-10) * gain
+    ours = np.stack([_local_gaussian(img, sigma, gain, np.random.default_rng(i)) for i in range(16)])
+    theirs = np.stack([random_noise(img, mode="localvar", local_vars=lvar, rng=np.random.default_rng(100 + i))
+                       for i in range(16)])
+    assert ours.dtype == np.float32
+
+    def bands(a):  # 8 bands of 32 columns each, brightness rising
+        return a.transpose(2, 0, 1).reshape(8, -1)
+    assert np.abs(bands(ours).mean(1) - bands(theirs).mean(1)).max() < 0.005
+    assert bands(ours).std(1) == pytest.approx(bands(theirs).std(1), rel=0.02)
+    assert bands(ours).std(1)[0] < 0.5 * bands(ours).std(1)[-1]  # brighter is noisier
+
+
+@pytest.mark.parametrize("salt", [0.5, 1.0, 0.0])
+def test_salt_and_pepper_shares(salt):
+    img = np.full((512, 512), 0.5, np.float32)
+    out = _salt_pepper(img, 0.02, np.random.default_rng(0), salt)
+    assert out.dtype == np.float32 and set(np.unique(out)) <= {0, 0.5, 1}
+    assert (out == 1).mean() == pytest.approx(0.02 * salt, abs=0.001)
+    assert (out == 0).mean() == pytest.approx(0.02 * (1 - salt), abs=0.001)
+    assert _salt_pepper(img, 0, np.random.default_rng(0)) is img
 
 
 def test_poisson_noise_has_shot_noise_variance():
