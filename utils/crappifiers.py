@@ -91,7 +91,7 @@ def _salt_pepper(img: np.ndarray, amount: float, rng: np.random.Generator, salt:
     if amount <= 0:
         return img
     u = rng.random(img.shape, dtype=np.float32)
-    return np.where(u < amount * salt, 1, np.where(u < amount, 0, img)).astype(np.float32)
+    return np.where(u < amount * salt, 1, np.where(u < amount, 0, img)).astype(np.float32, copy=False)
 
 
 def _local_gaussian(img: np.ndarray, sigma: float, gain: float, rng: np.random.Generator) -> np.ndarray:
