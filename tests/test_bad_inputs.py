@@ -635,14 +635,17 @@ def test_ctrl_c_is_one_line_too(tmp_path):
     import time
     info = small_info(tmp_path)
     root = tmp_path / "ds" / "s_1_i_no_crap"
+    # 50000 tiles take minutes to write: the signal always lands mid-run (5000 sometimes finished first under load).
     p = subprocess.Popen([sys.executable, "tile_from_info.py", "--out", tmp_path / "ds", "--info", info, "--tile", "64",
-                          "--n_train", "5000", "--n_valid", "1"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                          "--n_train", "50000", "--n_valid", "1"], cwd=ROOT, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(root.rglob("*.tif"))) < 10 and p.poll() is None:
-        time.sleep(0.05)
-    p.send_signal(signal.SIGINT)
-    err = p.communicate(timeout=60)[1]
-    if (root / "dataset.json").exists():
-        pytest.skip("the run finished before the signal")
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and next(root.rglob("*.tif"), None) is None and p.poll() is None:
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        err = p.communicate(timeout=60)[1]
+    finally:
+        p.kill()
+    assert not (root / "dataset.json").exists(), "the run finished before the signal"
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err[-500:]
