@@ -94,6 +94,16 @@ def test_recipe_scripts_parse_and_need_data(recipe, tmp_path):
     assert r.returncode != 0 and "SRC" in r.stderr
 
 
+def test_every_script_runs_as_the_readme_writes_it():
+    """`recipes/quick.sh SRC WORK CRAP` as typed: executable (in git too: CI runs a clean clone) with a bash
+    shebang. quick.sh was committed without the bit, so the README's day-one command said 'Permission denied'."""
+    scripts = sorted((ROOT / "recipes").glob("*.sh"))
+    assert "quick.sh" in {p.name for p in scripts}
+    for p in scripts:
+        assert os.access(p, os.X_OK), f"{p.name} is not executable"
+        assert p.read_text().startswith("#!/usr/bin/env bash\n"), p.name
+
+
 def test_mito_multiframe_recipe_toy_scale(sample_tree, tmp_path):
     live = sample_tree / "live"
     env = dict(os.environ, SRC=str(live), TEST_HR=str(live), TEST_SPLIT="valid", ONLY="fluo_live",
