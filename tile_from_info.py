@@ -17,7 +17,7 @@ import sys
 import utils  # noqa: F401  (quiets library import warnings)
 from utils import dist
 from utils.errors import run_cli
-from utils.tiling import make_dataset
+from utils.tiling import DatasetSpec, make_dataset
 
 LIST_FLAGS = ("--tile", "--ftypes", "--only", "--skip")
 
@@ -28,9 +28,9 @@ def main(out: str, info: str, tile, n_train: int, n_valid: int, crap_func: str =
     """Draw n_train + n_valid random frames, cut one tile per --tile size from each, crappify, write.
 
     resume: finish an interrupted run of this same command (keeps its tiles)."""
-    meta = make_dataset(out, info, [int(t) for t in _names(tile)], n_train, n_valid, None if hr_only else crap_func,
-                        n_frames, lr_type, scale, _names(ftypes), upsample, _names(only), _names(skip), clean, seed,
-                        workers, resume)
+    spec = DatasetSpec(_names(tile), n_train, n_valid, None if hr_only else crap_func, n_frames, lr_type, scale,
+                       upsample, seed, _names(ftypes), _names(only), _names(skip))
+    meta = make_dataset(out, info, spec, workers, clean, resume)
     if not dist.is_main():
         return
     print(f"{meta['n_tiles']} tiles in {meta['hr_dirs']}" + (f" / {meta['lr_dirs']}" if meta["lr_dirs"] else "") + "; "

@@ -18,7 +18,7 @@ import utils  # noqa: F401
 from utils.dist import owners, share_frames
 from utils.model import build_model, load_model, make_meta, save_model
 from utils.restore import part_dir, write_tif_stream
-from utils.tiling import make_dataset
+from utils.tiling import DatasetSpec, make_dataset
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fixtures_train import make_dataset as make_train_set  # noqa: E402
@@ -99,8 +99,7 @@ def _files(root: Path) -> dict:
 
 @needs_launcher
 def test_two_process_tiling_is_byte_identical(sample_info, tmp_path):
-    args = dict(tiles=[64], n_train=10, n_valid=4, crap_func="new_crap_AG_SP", seed=3)
-    make_dataset(tmp_path / "one", sample_info, **args)
+    make_dataset(tmp_path / "one", sample_info, DatasetSpec([64], 10, 4, "new_crap_AG_SP", seed=3))
     r = launch("tile_from_info.py", "--out", tmp_path / "two", "--info", sample_info, "--tile", 64, "--n_train", 10,
                "--n_valid", 4, "--crap_func", "new_crap_AG_SP", "--seed", 3)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -152,13 +152,13 @@ def test_zarr_sources_through_steps_2_and_4(tmp_path):
     """Step 1's per-file rows, step 2's tiles (equal to the source region) and step 4 (equal to the same
     image given as TIFF) all read .zarr folders."""
     from utils.info import INFO_COLS, file_rows, write_info
-    from utils.tiling import make_dataset
+    from utils.tiling import DatasetSpec, make_dataset
     src = _zarr_tree(tmp_path / "src")
     rows = (file_rows(src / "em" / "train" / "stack.ome.zarr", "em", "train", live=False)
             + file_rows(src / "em" / "valid" / "slice.ome.zarr", "em", "valid", live=False))
     assert len(rows) == 4 and {r["ftype"] for r in rows} == {"zarr"} and rows[0]["pixel_size"] == pytest.approx(0.008)
     info = write_info(pd.DataFrame(rows, columns=INFO_COLS), tmp_path / "z.csv")
-    make_dataset(tmp_path / "ds", info, [32], 4, 2, crap_func="no_crap", seed=0)
+    make_dataset(tmp_path / "ds", info, DatasetSpec([32], 4, 2, crap_func="no_crap", seed=0))
     ds = tmp_path / "ds" / "s_1_z_no_crap"
     tiles = pd.read_csv(ds / "tiles.csv")
     r = tiles.iloc[0]

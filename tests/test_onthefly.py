@@ -21,7 +21,7 @@ from utils.onthefly import Draws, FreshPairs, make_fly_dls, read_hr_stack
 from utils.quick import (SSIM_WEIGHT, estimate_strength, noise_sigma, pick_stride, pick_tile, pick_workers,
                          pipeline_rate, sample_rate)
 from utils.restore import frame_windows
-from utils.tiling import make_dataset
+from utils.tiling import DatasetSpec, make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def hr_sets(sample_info, module_dir):
     """HR-only data sets of the sample data: EM single frames and 5-frame fluorescence stacks."""
     out = module_dir("hr_sets")
-    make_dataset(out, sample_info, [64], 8, 4, crap_func=None, only=["em"], seed=1)
-    make_dataset(out / "mf", sample_info, [64], 8, 4, crap_func=None, n_frames=5, lr_type="t", only=["fluo_live"],
-                 seed=1)
+    make_dataset(out, sample_info, DatasetSpec([64], 8, 4, crap_func=None, only=["em"], seed=1))
+    make_dataset(out / "mf", sample_info, DatasetSpec([64], 8, 4, crap_func=None, n_frames=5, lr_type="t",
+                                                    only=["fluo_live"], seed=1))
     return out
 
 
@@ -48,8 +48,8 @@ def test_hr_only_data_set_layout(hr_sets):
 
 def test_hr_stack_centre_is_the_paired_data_sets_hr_tile(sample_info, hr_sets, tmp_path):
     """Same seed, same plan: the HR-only stack's centre frame is the HR tile a paired data set would write."""
-    make_dataset(tmp_path, sample_info, [64], 8, 4, crap_func="new_crap_AG_SP", n_frames=5, lr_type="t",
-                 only=["fluo_live"], seed=1)
+    make_dataset(tmp_path, sample_info, DatasetSpec([64], 8, 4, crap_func="new_crap_AG_SP", n_frames=5, lr_type="t",
+                                                    only=["fluo_live"], seed=1))
     hr = sorted((tmp_path / "t_5_sample_new_crap_AG_SP" / "hr_t_64_t_5" / "train").rglob("*.tif"))
     stacks = sorted((hr_sets / "mf" / "t_5_sample_hr" / "hrs_t_64_t_5" / "train").rglob("*.npy"))
     assert [p.stem for p in hr] == [p.stem for p in stacks]
@@ -261,7 +261,7 @@ def test_model_agrees_whole_and_tiled(sample_info, tmp_path, net):
     16 training steps leave small, seed-dependent corrections. Real models: README, Steps 4-5."""
     from utils.restore import Predictor, restore_frame
     from tests.restore_helpers import smooth_image
-    make_dataset(tmp_path / "ds", sample_info, [128], 16, 4, crap_func=None, only=["em"], seed=2)
+    make_dataset(tmp_path / "ds", sample_info, DatasetSpec([128], 16, 4, crap_func=None, only=["em"], seed=2))
     train.main(datasetname="s_1_sample_hr", data_path=str(tmp_path / "ds"), model_dir=str(tmp_path), save_name="ws",
                arch="resnet18", bs=4, size=128, tile_sz=128, cycles=4, crap_func="em_AG_D_sameas_preprint",
                max_rotate=0, max_zoom=1, **net)

@@ -7,7 +7,7 @@ import tifffile
 
 import utils  # noqa: F401
 from utils.info import build_info, write_info
-from utils.tiling import make_dataset
+from utils.tiling import DatasetSpec, make_dataset
 
 ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "em_isbi2012" / "isbi2012_train.tif"
 pytestmark = pytest.mark.skipif(not ISBI.is_file(), reason="../shared/data/em_isbi2012 not available")
@@ -38,8 +38,8 @@ def test_info_of_real_volume(isbi_info):
 
 def test_z_multiframe_tiles_from_real_volume(isbi_info, tmp_path):
     info, vol = isbi_info
-    meta = make_dataset(tmp_path, info, [128], n_train=6, n_valid=2, crap_func="em_AG_D_sameas_preprint",
-                        n_frames=5, lr_type="z", seed=3)
+    meta = make_dataset(tmp_path, info, DatasetSpec([128], 6, 2, "em_AG_D_sameas_preprint", n_frames=5, lr_type="z",
+                                                    seed=3))
     root = tmp_path / "z_5_isbi_em_AG_D_sameas_preprint"
     hr = sorted((root / "hr_z_128_z_5" / "train" / "em").glob("*.tif"))
     assert meta["n_tiles"] == 8 and len(hr) == 6

@@ -215,12 +215,12 @@ def test_multiframe_window_is_normalized_as_its_training_stack(tmp_path):
     training stack step 2 cut from the same place (all frames on the centre frame's percentiles), not
     five separately normalized frames."""
     from utils.info import build_info, write_info
-    from utils.tiling import make_dataset
+    from utils.tiling import DatasetSpec, make_dataset
     movie = np.stack([smooth_image((64, 64), seed=t) // (1 + t) + 5 for t in range(7)]).astype(np.uint16)
     write_stack(tmp_path / "src" / "live" / "train" / "m.tif", movie, "TYX")
     write_stack(tmp_path / "src" / "live" / "valid" / "m.tif", movie, "TYX")
     info = write_info(build_info([tmp_path / "src"]), tmp_path / "m.csv")
-    make_dataset(tmp_path / "ds", info, [32], 3, 1, crap_func=None, n_frames=5, lr_type="t", seed=0)
+    make_dataset(tmp_path / "ds", info, DatasetSpec([32], 3, 1, crap_func=None, n_frames=5, lr_type="t", seed=0))
     tiles = __import__("pandas").read_csv(tmp_path / "ds" / "t_5_m_hr" / "tiles_t_5.csv")
     seen = {}
 

@@ -14,7 +14,7 @@ from utils.errors import PSSRError
 from utils.info import INFO_COLS, build_info, write_info
 from utils.norm import normalize, to_uint8
 from utils.sources import open_source
-from utils.tiling import FG_FRAC, TILE_COLS, make_dataset
+from utils.tiling import FG_FRAC, TILE_COLS, DatasetSpec, make_dataset
 
 import utils.tiling as tiling
 
@@ -37,7 +37,7 @@ def _expected_hr(row, offset=0, axis=None):
 @pytest.fixture(scope="module")
 def single(sample_info, tmp_path_factory):
     out = tmp_path_factory.mktemp("ds1")
-    make_dataset(out, sample_info, [64], 12, 4, "new_crap_AG_SP", seed=3)
+    make_dataset(out, sample_info, DatasetSpec([64], 12, 4, "new_crap_AG_SP", seed=3))
     return out / "s_1_sample_new_crap_AG_SP"
 
 
@@ -64,14 +64,15 @@ def test_single_frame_layout_and_csv(single, sample_info):
 
 
 def test_same_seed_byte_identical_whatever_the_workers(single, sample_info, tmp_path):
-    make_dataset(tmp_path, sample_info, [64], 12, 4, "new_crap_AG_SP", seed=3, workers=2)
+    make_dataset(tmp_path, sample_info, DatasetSpec([64], 12, 4, "new_crap_AG_SP", seed=3), workers=2)
     assert _files(tmp_path / single.name) == _files(single)
-    make_dataset(tmp_path / "other", sample_info, [64], 12, 4, "new_crap_AG_SP", seed=4)
+    make_dataset(tmp_path / "other", sample_info, DatasetSpec([64], 12, 4, "new_crap_AG_SP", seed=4))
     assert _files(tmp_path / "other" / single.name) != _files(single)
 
 
 def test_multi_frame_centre_and_neighbours(sample_info, tmp_path):
-    make_dataset(tmp_path, sample_info, [64], 6, 2, "no_crap", n_frames=5, lr_type="t", only=["fluo_live"], seed=1)
+    make_dataset(tmp_path, sample_info, DatasetSpec([64], 6, 2, "no_crap", n_frames=5, lr_type="t", only=["fluo_live"],
+                                                 seed=1))
     root = tmp_path / "t_5_sample_no_crap"
     tiles = pd.read_csv(root / "tiles_t_5.csv")
     assert ((tiles.t >= 2) & (tiles.t <= tiles.nt - 3)).all()
@@ -87,7 +88,8 @@ def test_multi_frame_centre_and_neighbours(sample_info, tmp_path):
 
 
 def test_upsample_and_several_tile_sizes(sample_info, tmp_path):
-    make_dataset(tmp_path, sample_info, [32, 64], 3, 1, "em_AG_D_sameas_preprint", upsample=True, only=["em"])
+    spec = DatasetSpec([32, 64], 3, 1, "em_AG_D_sameas_preprint", upsample=True, only=["em"])
+    make_dataset(tmp_path, sample_info, spec)
     root = tmp_path / "s_1_sample_em_AG_D_sameas_preprint"
     for ts in (32, 64):
         lr = sorted((root / f"lrup_s_{ts}").rglob("*.tif"))
@@ -100,7 +102,7 @@ def test_background_rejection(tmp_path, capsys):
     img[100:250, 300:450] = textured((150, 150), seed=2)  # the only foreground
     src = make_category(tmp_path / "src", "c", train={"a.tif": img}, valid={"flat.tif": np.full((128, 128), 7, np.uint16)})
     info = write_info(build_info([src]), tmp_path / "i.csv")
-    make_dataset(tmp_path, info, [64], 10, 2, "no_crap")
+    make_dataset(tmp_path, info, DatasetSpec([64], 10, 2, "no_crap"))
     tiles = pd.read_csv(tmp_path / "s_1_i_no_crap" / "tiles.csv")
     train = tiles[tiles.dsplit == "train"]
     assert (train.fg_frac >= FG_FRAC).all()  # each kept box overlaps the foreground enough
@@ -119,7 +121,7 @@ def test_czi_mosaic_source(tmp_path):
     write_czi(src / "c" / "train" / "a.czi", data, "CTYX", pixel_size_um=0.05, tile=64)
     write_czi(src / "c" / "valid" / "b.czi", data, "CTYX", pixel_size_um=0.05, tile=100)
     info = write_info(build_info([src], channel="all"), tmp_path / "czi.csv")
-    make_dataset(tmp_path, info, [64], 4, 2, "no_crap", n_frames=3, lr_type="t", seed=2)
+    make_dataset(tmp_path, info, DatasetSpec([64], 4, 2, "no_crap", n_frames=3, lr_type="t", seed=2))
     tiles = pd.read_csv(tmp_path / "t_3_czi_no_crap" / "tiles_t_3.csv")
     for _, row in tiles.iterrows():
         y, x = int(row.y0), int(row.x0)
@@ -139,17 +141,16 @@ def test_interrupted_run_leaves_no_half_tile_and_refuses_rerun(sample_info, tmp_
         return save_npy(dest, arr)
     save_npy = tiling.save_npy
     monkeypatch.setattr(tiling, "save_npy", dying_save_npy)
-    args = (tmp_path, sample_info, [64], 4, 1, "no_crap")
-    kw = dict(n_frames=5, lr_type="t", only=["fluo_live"])
+    args = (tmp_path, sample_info, DatasetSpec([64], 4, 1, "no_crap", n_frames=5, lr_type="t", only=["fluo_live"]))
     with pytest.raises(KeyboardInterrupt):
-        make_dataset(*args, **kw)
+        make_dataset(*args)
     root = tmp_path / "t_5_sample_no_crap"
     assert not list(root.rglob("*.tmp")) and not (root / "dataset.json").exists()
     assert len(list(root.rglob("*.npy"))) == 2
     monkeypatch.undo()
     with pytest.raises(PSSRError, match="incomplete data set.*--clean"):
-        make_dataset(*args, **kw)
-    make_dataset(*args, **kw, clean=True)
+        make_dataset(*args)
+    make_dataset(*args, clean=True)
     assert len(list(root.rglob("*.npy"))) == 5 and (root / "dataset.json").exists()
 
 
@@ -165,7 +166,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, case, match):
     src = make_category(tmp_path / "live", "c", train={"a.tif": textured((3, 100, 100))},
                         valid={"b.tif": textured((3, 100, 100))})
     info = write_info(build_info([src]), tmp_path / "i.csv")
-    kw = dict(out=tmp_path / "o", info=info, tiles=[64], n_train=2, n_valid=1, crap_func="no_crap")
+    kw = dict(tiles=[64], n_train=2, n_valid=1, crap_func="no_crap")
     if case == "small":
         kw["tiles"] = [128]
     if case == "frames":
@@ -179,7 +180,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, case, match):
     if case == "even":
         kw.update(n_frames=4, lr_type="t")
     with pytest.raises(PSSRError, match=match) as e:
-        make_dataset(**kw)
+        make_dataset(tmp_path / "o", info, DatasetSpec(**kw))
     assert "\n" not in str(e.value)
     if case in ("small", "frames"):
         assert "a.tif" in str(e.value)
@@ -191,7 +192,7 @@ def test_one_unusable_file_among_many_is_skipped_and_counted(tmp_path, capsys):
     src = make_category(tmp_path / "src", "c", train={"a.tif": textured((100, 100)), "tiny.tif": textured((40, 40))},
                         valid={"b.tif": textured((100, 100))})
     info = write_info(build_info([src]), tmp_path / "i.csv")
-    meta = make_dataset(tmp_path, info, [64], 5, 1, "no_crap")
+    meta = make_dataset(tmp_path, info, DatasetSpec([64], 5, 1, "no_crap"))
     assert meta["n_files_skipped"] == 1 and "tiny.tif" in capsys.readouterr().err
     assert "tiny" not in pd.read_csv(tmp_path / "s_1_i_no_crap" / "tiles.csv").fn.str.cat()
 
@@ -272,10 +273,10 @@ def test_resume_finishes_the_plan_byte_identical(sample_info, tmp_path, kind):
     --resume rewrites only what is missing or broken and ends byte-identical to an uninterrupted run."""
     import shutil
     import subprocess
-    args = (sample_info, [64], 6, 2)
     kw = dict(crap_func="new_crap_AG_SP", seed=5) if kind == "single" else \
         dict(crap_func=None, n_frames=5, lr_type="t", only=["fluo_live"], seed=5)
-    make_dataset(tmp_path / "full", *args, **kw)
+    args = (sample_info, DatasetSpec([64], 6, 2, **kw))
+    make_dataset(tmp_path / "full", *args)
     name = "s_1_sample_new_crap_AG_SP" if kind == "single" else "t_5_sample_hr"
     full, part = tmp_path / "full" / name, tmp_path / "part" / name
     shutil.copytree(full, part)
@@ -293,26 +294,26 @@ def test_resume_finishes_the_plan_byte_identical(sample_info, tmp_path, kind):
     kept = {k: v for k, v in _stamps(part).items() if k.stem not in touched and k.name[0] != "."}
     assert len(kept) >= 4
     with pytest.raises(PSSRError, match="incomplete data set.*--resume.*--clean"):
-        make_dataset(tmp_path / "part", *args, **kw)
+        make_dataset(tmp_path / "part", *args)
     with pytest.raises(PSSRError, match="not both"):
-        make_dataset(tmp_path / "part", *args, **kw, resume=True, clean=True)
-    make_dataset(tmp_path / "part", *args, **kw, resume=True, workers=1 if kind == "single" else 2)
+        make_dataset(tmp_path / "part", *args, resume=True, clean=True)
+    make_dataset(tmp_path / "part", *args, resume=True, workers=1 if kind == "single" else 2)
     assert _files(part) == _files(full)
     after = _stamps(part)
     assert all(after[k] == v for k, v in kept.items())  # not rewritten
     assert not stale.exists()
     with pytest.raises(PSSRError, match="complete.*nothing to resume"):
-        make_dataset(tmp_path / "part", *args, **kw, resume=True)
+        make_dataset(tmp_path / "part", *args, resume=True)
 
 
 def test_resume_refuses_a_data_set_of_other_options(sample_info, tmp_path):
-    args = (tmp_path, sample_info, [64], 6, 2, "no_crap")
-    make_dataset(*args, seed=1)
+    args = (tmp_path, sample_info)
+    make_dataset(*args, DatasetSpec([64], 6, 2, "no_crap", seed=1))
     root = tmp_path / "s_1_sample_no_crap"
     (root / "dataset.json").unlink()
     before = _files(root)
     with pytest.raises(PSSRError, match="(other pixels|not a file of this command's plan).*--resume.*--clean") as e:
-        make_dataset(*args, seed=2, resume=True)
+        make_dataset(*args, DatasetSpec([64], 6, 2, "no_crap", seed=2), resume=True)
     assert "\n" not in str(e.value) and str(root) in str(e.value)
     assert _files(root) == before
 

@@ -62,7 +62,7 @@ from .norm import PCT_HI, PCT_LO, normalize, to_uint8
 from .progress import progress
 from .sources import Source, open_source
 
-__all__ = ["TileConfig", "FG_FRAC", "MAX_TRIES", "TILE_COLS", "read_info", "select_rows", "legal_frame",
+__all__ = ["DatasetSpec", "TileConfig", "FG_FRAC", "MAX_TRIES", "TILE_COLS", "read_info", "select_rows", "legal_frame",
            "plan_tiles", "make_tile", "run_tiles", "dataset_root", "make_dataset", "shared_tiles", "tile_paths",
            "check_resumable"]
 
@@ -72,6 +72,29 @@ TILE_COLS = ["id", "tile_sz", "y0", "x0", "fg_frac", "after_mean", "after_sd", "
 REQUIRED_COLS = [c for c in INFO_COLS if c != "pixel_size"]  # the original's CSVs have no pixel size
 INT_COLS = ["nc", "nz", "nt", "c", "z", "t", "x", "y"]
 NUMERIC_COLS = INT_COLS + ["mi", "ma"]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a data set holds, as tile_from_info.py's options say it; the same spec and seed give the same tiles.
+
+    tiles: HR tile sides (one tile per side from each drawn frame); crap_func None: HR tiles only (for
+    training that crappifies on the fly); ftypes / only / skip: which files and categories of the CSV."""
+    tiles: Sequence[int]
+    n_train: int
+    n_valid: int
+    crap_func: Optional[str] = "no_crap"
+    n_frames: int = 1
+    lr_type: str = "s"
+    scale: int = 4
+    upsample: bool = False
+    seed: int = 0
+    ftypes: Optional[Sequence[str]] = None
+    only: Optional[Sequence[str]] = None
+    skip: Optional[Sequence[str]] = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "tiles", [int(t) for t in self.tiles])
 
 
 @dataclass(frozen=True)
@@ -381,21 +404,20 @@ def shared_tiles(jobs: List[dict], cfg: TileConfig, workers: int = 1) -> List[di
     return sorted((r for rows in dist.gather(run_tiles(mine, cfg, workers)) for r in rows), key=lambda r: r["id"])
 
 
-def _check_options(tiles: Sequence[int], crap_func: Optional[str], n_frames: int, lr_type: str, scale: int,
-                   workers: int, n_train, n_valid):
-    for flag, n in (("--n_train", n_train), ("--n_valid", n_valid)):
+def _check_options(spec: DatasetSpec, workers: int):
+    for flag, n in (("--n_train", spec.n_train), ("--n_valid", spec.n_valid)):
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             fail(None, f"{flag} must be a whole number of tiles >= 1, not {n!r} (training needs both splits)")
-    if lr_type not in ("s", "t", "z"):
-        fail(None, f"--lr_type must be s, t or z, not '{lr_type}'")
-    if lr_type == "s" and n_frames != 1:
+    if spec.lr_type not in ("s", "t", "z"):
+        fail(None, f"--lr_type must be s, t or z, not '{spec.lr_type}'")
+    if spec.lr_type == "s" and spec.n_frames != 1:
         fail(None, "--lr_type s uses one frame; pass --n_frames 1 (or --lr_type t/z)")
-    if n_frames < 1 or n_frames % 2 == 0:
-        fail(None, f"--n_frames must be odd (a centre frame and as many on each side), not {n_frames}")
-    if crap_func is not None and crap_func not in CRAPPIFIERS:
-        fail(None, f"unknown crappifier '{crap_func}'; known: {', '.join(sorted(CRAPPIFIERS))}")
-    if scale < 1 or any(t < scale or t % scale for t in tiles):
-        fail(None, f"every --tile must be a multiple of --scale {scale}: {list(tiles)}")
+    if spec.n_frames < 1 or spec.n_frames % 2 == 0:
+        fail(None, f"--n_frames must be odd (a centre frame and as many on each side), not {spec.n_frames}")
+    if spec.crap_func is not None and spec.crap_func not in CRAPPIFIERS:
+        fail(None, f"unknown crappifier '{spec.crap_func}'; known: {', '.join(sorted(CRAPPIFIERS))}")
+    if spec.scale < 1 or any(t < spec.scale or t % spec.scale for t in spec.tiles):
+        fail(None, f"every --tile must be a multiple of --scale {spec.scale}: {list(spec.tiles)}")
     if workers < 1:
         fail(None, "--workers must be at least 1")
 
@@ -423,21 +445,18 @@ def hr_pixel_size(rows: List[dict], root: Path) -> Optional[float]:
     return float(np.median(sizes))
 
 
-def make_dataset(out: Path, info: Path, tiles: Sequence[int], n_train: int, n_valid: int,
-                 crap_func: Optional[str] = "no_crap", n_frames: int = 1, lr_type: str = "s", scale: int = 4,
-                 ftypes: Optional[Sequence[str]] = None, upsample: bool = False,
-                 only: Optional[Sequence[str]] = None, skip: Optional[Sequence[str]] = None,
-                 clean: bool = False, seed: int = 0, workers: int = 1, resume: bool = False) -> dict:
+def make_dataset(out: Path, info: Path, spec: DatasetSpec, workers: int = 1, clean: bool = False,
+                 resume: bool = False) -> dict:
     """Plan and write a whole data set; returns its dataset.json content.
 
     resume: finish an interrupted run of the same command (see the module docstring)."""
-    tiles = [int(t) for t in tiles]
-    _check_options(tiles, crap_func, n_frames, lr_type, scale, workers, n_train, n_valid)
-    df = select_rows(read_info(info), ftypes, only, skip)
-    jobs, n_skipped = plan_tiles(df, n_train, n_valid, tiles, lr_type, n_frames, seed)
+    _check_options(spec, workers)
+    crap_func, n_frames, lr_type, tiles = spec.crap_func, spec.n_frames, spec.lr_type, spec.tiles
+    df = select_rows(read_info(info), spec.ftypes, spec.only, spec.skip)
+    jobs, n_skipped = plan_tiles(df, spec.n_train, spec.n_valid, tiles, lr_type, n_frames, spec.seed)
     check_sources(jobs)
     root = dataset_root(out, info, crap_func, n_frames, lr_type)
-    cfg = TileConfig(str(root), crap_func, scale, n_frames, lr_type, upsample, seed, resume)
+    cfg = TileConfig(str(root), crap_func, spec.scale, n_frames, lr_type, spec.upsample, spec.seed, resume)
     dist.barrier()  # every rank has planned and checked its inputs before rank 0 touches the folder
     if dist.is_main():
         if resume:
@@ -454,9 +473,9 @@ def make_dataset(out: Path, info: Path, tiles: Sequence[int], n_train: int, n_va
         with atomic_path(root / f"tiles{cfg.multi}.csv") as tmp:
             pd.DataFrame(rows)[cols].to_csv(tmp, index=False)
     n_weak = sum(r["fg_frac"] < FG_FRAC for r in rows)
-    meta = dict(scale=scale, tile=tiles[0] if len(tiles) == 1 else tiles, tiles=tiles, n_frames=n_frames,
-                lr_type=lr_type, crap_func=crap_func, upsample=upsample, seed=seed,
-                norm=dict(lo=PCT_LO, hi=PCT_HI), info=str(info), n_train=n_train, n_valid=n_valid,
+    meta = dict(scale=spec.scale, tile=tiles[0] if len(tiles) == 1 else tiles, tiles=tiles, n_frames=n_frames,
+                lr_type=lr_type, crap_func=crap_func, upsample=spec.upsample, seed=spec.seed,
+                norm=dict(lo=PCT_LO, hi=PCT_HI), info=str(info), n_train=spec.n_train, n_valid=spec.n_valid,
                 n_tiles=len(rows), n_files_skipped=n_skipped, n_mostly_background=n_weak,
                 fg_frac=FG_FRAC, hr_only=crap_func is None, hr_pixel_size=hr_pixel_size(rows, root),
                 hr_dirs=[(cfg.hrs_dir(t) if crap_func is None and n_frames > 1 else cfg.hr_dir(t)).name for t in tiles],
