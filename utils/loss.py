@@ -64,7 +64,11 @@ class PixelSSIMLoss:
             return self.pixel(p, t) + self.ssim_weight * (1 - ssim_map(p0, t0).mean())
 
     def __repr__(self) -> str:
-        return f"{self.pixel.__name__} + {self.ssim_weight:g} x (1 - SSIM)"
+        return _in_words(self.pixel.__name__, self.ssim_weight)
+
+
+def _in_words(pixel: str, ssim_weight: float) -> str:
+    return f"{pixel} + {ssim_weight:g} x (1 - SSIM)" if ssim_weight else pixel
 
 
 def sr_loss(loss: str = "mse", ssim_weight: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -77,5 +81,4 @@ def sr_loss(loss: str = "mse", ssim_weight: float = 0.0) -> Callable[[torch.Tens
 
 def loss_name(meta: dict) -> str:
     """The training loss a model's metadata records, in words (`mse`, `l1 + 0.1 x (1 - SSIM)`)."""
-    w = meta.get("ssim_weight") or 0
-    return f"{meta.get('loss', 'mse')} + {w:g} x (1 - SSIM)" if w else str(meta.get("loss", "mse"))
+    return _in_words(str(meta.get("loss", "mse")), meta.get("ssim_weight") or 0)
