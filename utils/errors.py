@@ -1,8 +1,11 @@
 """User-facing errors: one line that names the file and the problem, non-zero exit."""
+import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable
+
+from . import dist
 
 __all__ = ["PSSRError", "fail", "warn", "warn_skip", "run_cli"]
 
@@ -54,7 +57,6 @@ def run_cli(component: Callable) -> None:
         print("error: interrupted; the files already written are complete (steps 2-4 continue with --resume)",
               file=sys.stderr)
         sys.exit(130)
-    from . import dist
     if dist.launched():
         _leave_launched()
 
@@ -64,8 +66,6 @@ def _leave_launched() -> None:
     destructors abort a rank now and then ("terminate called without an active exception", SIGABRT), and the
     launcher then kills the other ranks and reports a failure: 1 run in ~30 of a two-process image_gen.py here,
     with the process group destroyed. Every output file is closed by now; only the streams need flushing."""
-    import os
-    from . import dist
     dist.finish()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -62,9 +62,9 @@ from .norm import PCT_HI, PCT_LO, normalize, to_uint8
 from .progress import progress
 from .sources import Source, open_source
 
-__all__ = ["DatasetSpec", "TileConfig", "FG_FRAC", "MAX_TRIES", "TILE_COLS", "read_info", "select_rows", "legal_frame",
-           "plan_tiles", "make_tile", "run_tiles", "dataset_root", "make_dataset", "shared_tiles", "tile_paths",
-           "check_resumable"]
+__all__ = ["DatasetSpec", "TileConfig", "FG_FRAC", "MAX_TRIES", "TILE_COLS", "read_info", "select_rows",
+           "legal_frame", "plan_tiles", "make_tile", "run_tiles", "dataset_root", "make_dataset", "shared_tiles",
+           "tile_paths", "check_resumable"]
 
 FG_FRAC = 0.30
 MAX_TRIES = 50
