@@ -31,7 +31,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import utils  # noqa: F401  (silences library import chatter first)
 import torch
 
-from utils.errors import PSSRError, fail, run_cli, warn_skip
+from utils.errors import PSSRError, fail, run_cli, warn, warn_skip
 from utils.norm import PCT_HI, PCT_LO
 from utils import dist
 from utils.restore import (OUT_DTYPES, SEAMS, Predictor, RestoreSpec, Upsampler, part_dir, plan_frames, restore_file,
@@ -70,6 +70,9 @@ def processors(models: List[str], model_dir: Path, device: str, baselines: bool,
                batch_size: int, tta: bool = False):
     """(name, predictor, meta) for each model, then the interpolation baselines (same scale as the models)."""
     from utils.model import load_model  # fastai import: only when a model is asked for
+    from utils.speed import native_bf16
+    if fast and models and device == "cpu" and not native_bf16():
+        warn("--fast", "this CPU has no bfloat16 instructions (AMX, AVX-512 BF16): emulated bf16 is slower than fp32")
     out = []
     for name in models:
         model, meta = load_model(name, model_dir, device)

@@ -110,6 +110,15 @@ def test_default_tiles_are_the_models_training_crop(models, src, tmp_path, monke
     assert seen and all((s.tile, s.overlap, s.seam) == (tile, overlap, "blur") for s in seen)  # the paper's seams
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_fast_warns_where_bf16_is_emulated(models, src, tmp_path, monkeypatch, capsys, native):
+    import utils.speed
+    monkeypatch.setattr(utils.speed, "native_bf16", lambda: native)
+    image_gen.main(str(src), str(tmp_path / "out"), models="toy", model_dir=str(models), fast=True)
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning: --fast")]
+    assert len(warned) == (0 if native else 1) and all("slower than fp32" in ln for ln in warned)
+
+
 # --------------------------------------------------------------------------- pixel size (issue 8)
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ from torch import nn
 
 from utils.model import build_model, make_meta, sr_head
 from utils.restore import Predictor
-from utils.speed import Attention, Autocast, Blur, LRSpaceHead, bake_reparametrizations, fuse_sr_head, inference_model
+from utils.speed import (Attention, Autocast, Blur, LRSpaceHead, bake_reparametrizations, fuse_sr_head, inference_model,
+                         native_bf16)
 
 FP32_TOL = 1e-4
 
@@ -159,3 +160,11 @@ def test_predictor_optimized_equals_plain():
     autocast = Predictor(model, 4, optimize=False, batch_size=2, fast=True)(tiles)  # the old --fast
     assert fast.shape == plain.shape == (3, 96, 96) and fast.dtype == np.float32
     assert np.abs(fast - plain).mean() <= 3 * np.abs(autocast - plain).mean() + 1e-3
+
+
+@pytest.mark.parametrize("caps, native", [({"avx2": True, "avx512_f": True, "avx512_bf16": False}, False),
+                                          ({"avx512_bf16": True}, True), ({"amx_bf16": True}, True),
+                                          ({"neon": True, "bf16": True}, True), ({}, False)])
+def test_native_bf16_reads_the_cpus_features(monkeypatch, caps, native):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    assert native_bf16() == native

@@ -37,6 +37,7 @@ from .model import LR_HEADS, build_model
 from .norm import normalize, percentiles, to_uint8
 from .onthefly import augment_hr
 from .sources import find_images, open_source
+from .speed import native_bf16
 
 __all__ = ["pick_tile", "pick_stride", "noise_sigma", "estimate_strength", "training_rate", "sample_rate",
            "pick_workers", "pipeline_rate", "make_plan"]
@@ -119,8 +120,8 @@ def training_rate(meta: dict, size: int, bs: int, device: str, steps: int = 3, s
     if cpu:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
 
-    def step():
-        with torch.autocast("cpu" if cpu else "cuda", dtype=torch.bfloat16):
+    def step():  # in the precision train.py will use (add_precision)
+        with torch.autocast("cpu" if cpu else "cuda", dtype=torch.bfloat16, enabled=not cpu or native_bf16()):
             loss = loss_func(model(x).float(), y)
         loss.backward()
         opt.step()
