@@ -1,5 +1,6 @@
 """bench/bench_quality.py's data preparation: how a lab's time-lapses are split and how test LR is made
 (the benchmark itself trains for minutes and is not run here)."""
+import subprocess
 import sys
 from pathlib import Path
 
@@ -107,3 +108,16 @@ def test_reuse_finds_the_one_finished_model(tmp_path):
     assert bq.trained_model(tmp_path, 5) is None
     (tmp_path / "models" / "t_5_quick_em_e12.json").write_text("{}")  # started from the 1-frame model
     assert bq.trained_model(tmp_path, 5) == "t_5_quick_em_e12" and bq.trained_model(tmp_path) == "s_1_quick_em_e12"
+
+
+def test_variant_paths_point_into_the_bench_data(tmp_path, monkeypatch):
+    """`{data}` in a variant's settings (LR_DIR=a test set's LR) is the bench's own data folder."""
+    seen = {}
+
+    def fake_run(cmd, env, **kw):
+        seen.update(env)
+        return subprocess.CompletedProcess(cmd, 0, stdout="s_1_quick_x_e2\n")
+
+    monkeypatch.setattr(bq.subprocess, "run", fake_run)
+    name, _ = bq.run_quick(tmp_path / "data", tmp_path, bq.EM, 1, bq.VARIANTS["lr_dir_dose20"], 1)
+    assert name == "s_1_quick_x_e2" and seen["LR_DIR"] == str(tmp_path / "data/test/lr_dose20")
