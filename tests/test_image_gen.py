@@ -112,6 +112,7 @@ def test_default_tiles_are_the_models_training_crop(models, src, tmp_path, monke
 
 @pytest.mark.parametrize("native", [True, False])
 def test_fast_warns_where_bf16_is_emulated(models, src, tmp_path, monkeypatch, capsys, native):
+    """--fast where the CPU has no bf16 instructions: one warning (emulated bf16 is slower than fp32)."""
     import utils.speed
     monkeypatch.setattr(utils.speed, "native_bf16", lambda: native)
     image_gen.main(str(src), str(tmp_path / "out"), models="toy", model_dir=str(models), fast=True)

@@ -119,9 +119,10 @@ def training_rate(meta: dict, size: int, bs: int, device: str, steps: int = 3, s
     loss_func = sr_loss("l1", ssim_weight)
     if cpu:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    bf16 = not cpu or native_bf16()  # the precision train.py will use (add_precision)
 
-    def step():  # in the precision train.py will use (add_precision)
-        with torch.autocast("cpu" if cpu else "cuda", dtype=torch.bfloat16, enabled=not cpu or native_bf16()):
+    def step():
+        with torch.autocast("cpu" if cpu else "cuda", dtype=torch.bfloat16, enabled=bf16):
             loss = loss_func(model(x).float(), y)
         loss.backward()
         opt.step()
