@@ -3,8 +3,9 @@
     python train.py --datasetname s_1_mito_new_crap_AG_SP --bs 8 --lr 4e-4 --size 512 --tile_sz 512 \
         --cycles 50 --save_name mito_AG_SP --lr_type s --n_frames 1 [--schedule recipes/em_progressive.json]
 
-Writes `{model_dir}/{lr_type}_{n_frames}_{save_name}_e{epochs}` (.pth/.json/.pkl) and, per round, the best
-epoch as `..._best_{size}`; prints validation PSNR/SSIM next to the bilinear baseline of the same LR tiles.
+Writes `{model_dir}/{lr_type}_{n_frames}_{save_name}_e{epochs}` (.pth/.json/.pkl; no `_e{epochs}` with
+`--minutes`, which fits the epochs to a time) and, per round, the best epoch as `..._best_{size}`; prints
+validation PSNR/SSIM next to the bilinear baseline of the same LR tiles.
 Multi-GPU: `accelerate launch train.py ...` (batch size is per GPU, as in the original).
 
 `--crap_func NAME` crappifies on the fly: the data set's HR tiles are augmented and then crappified afresh
@@ -95,9 +96,9 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
          device: Optional[str] = None, workers: int = 0, fp32: bool = False, resume: bool = False, force: bool = False,
          max_rotate: Optional[float] = None, max_zoom: Optional[float] = None, crap_func: Optional[str] = None,
          crap_strength="1", encoder_stride: Optional[int] = None, lr_head: str = LR_HEADS[0],
-         ssim_weight: float = 0.0) -> None:
+         ssim_weight: float = 0.0, minutes: Optional[float] = None) -> None:
     """Train; every option as the original train.py plus --schedule/--lr_space/--weights/--seed/--device/
-    --workers/--model_dir/--fp32/--resume/--force/--crap_func/--crap_strength (README, Step 3).
+    --workers/--model_dir/--fp32/--resume/--force/--crap_func/--crap_strength/--minutes (README, Step 3).
 
     lr: as the original's `slice(lr)`, the encoder's two layer groups train at lr/10; --lr_start gives a range
     spaced linearly over the three groups (paper, Methods). residual: add the bilinear upsampling to the
@@ -109,7 +110,10 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     recorded; utils.model.sr_head). ssim_weight: adds this times (1 - SSIM) of the prediction fitted to the
     target, as the evaluation scores it, to the pixel loss (utils.loss; not in the paper). load_name: continue
     a model, or start a multi-frame model from a 1-frame one (its frame becomes the centre: the new model
-    starts as exactly the 1-frame one)."""
+    starts as exactly the 1-frame one). minutes: train for this wall-clock time from the first epoch on, as
+    many epochs as fit (re-planned after each from the measured epoch time; --cycles is the first plan, at most
+    4x it run); the one-cycle schedule ends with the last of them. The model is then named without `_e{epochs}`
+    (its .json says how many ran)."""
     if datasetname is None:
         fail(None, "--datasetname is required (a folder of --data_path written by tile_from_info.py)")
     if lr_type not in ("s", "t", "z"):
@@ -124,15 +128,20 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
         check_crappifier(crap_func)
     if isinstance(ssim_weight, bool) or not isinstance(ssim_weight, (int, float)) or not 0 <= ssim_weight <= 10:
         fail(None, f"--ssim_weight must be a number from 0 to 10, not {ssim_weight!r}")
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0):
+        fail(None, f"--minutes must be a positive number, not {minutes!r}")
+    if minutes is not None and schedule:
+        fail(schedule, "--minutes fits one training stage to the time; a --schedule has its own epochs per round")
     strength = parse_strength(crap_strength)
     fly = crap_func is not None
     max_rotate = (MAX_ROTATE if fly else 0.0) if max_rotate is None else float(max_rotate)
     max_zoom = (MAX_ZOOM if fly else 1.0) if max_zoom is None else float(max_zoom)
     encoder_stride = int(encoder_stride or (16 if lr_space else 32))
-    rounds = read_schedule(schedule) if schedule else single_round(size, tile_sz, bs, cycles, lr, lr_start, freeze)
+    rounds = (read_schedule(schedule) if schedule
+              else single_round(size, tile_sz, bs, cycles, lr, lr_start, freeze, minutes))
     total = sum(r.epochs for r in rounds)
     model_dir = Path(model_dir)
-    final = f"{lr_type}_{n_frames}_{save_name}_e{total}"
+    final = f"{lr_type}_{n_frames}_{save_name}" + ("" if minutes else f"_e{total}")
     check_names([final] + [f"{final}_best_{r.size}" for r in rounds], model_dir, load_name, resume, force, final)
 
     # Every data set and weights file is checked before anything is written.
@@ -184,14 +193,14 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
         precision.append(add_precision(learn, dev, fp32))
         if not rank_distrib():
             print(f"round: size {rnd.size}, tiles {rnd.tile_sz}, bs {rnd.bs}, {len(dls.train_ds)} train / "
-                  f"{len(dls.valid_ds)} valid tiles, {rnd.epochs} epochs on {dev} ({precision[-1]})")
+                  f"{len(dls.valid_ds)} valid tiles, {_epochs(rnd)} on {dev} ({precision[-1]})")
         return learn
 
     def meta_of(rnd):
         return {**base_meta, "size": rnd.size, "tile_sz": rnd.tile_sz, "precision": precision[-1]}
 
-    learn = fit_rounds(rounds, make_learner, final, model_dir, meta_of, ckpt, opt_state)
-    finish(learn, {**meta_of(rounds[-1]), "epochs": total}, final, model_dir)  # every rank: validate() gathers
+    learn, ran = fit_rounds(rounds, make_learner, final, model_dir, meta_of, ckpt, opt_state)
+    finish(learn, {**meta_of(rounds[-1]), "epochs": ran}, final, model_dir)  # every rank: validate() gathers
 
 
 def runtime() -> dict:
@@ -199,6 +208,11 @@ def runtime() -> dict:
     return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available()
             else None}
+
+
+def _epochs(rnd) -> str:
+    minutes = [s.minutes for s in rnd.stages if s.minutes]
+    return (f"~{rnd.epochs} epochs fitted to {minutes[0]:g} minutes" if minutes else f"{rnd.epochs} epochs")
 
 
 def _key(rnd, datasetname: str) -> tuple:

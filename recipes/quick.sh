@@ -14,7 +14,9 @@
 # once in step 2 instead of on the fly, for comparison). Any value of the printed plan can be fixed
 # from the environment (for every model trained), e.g. EPOCHS=40, or NET="--encoder_stride 32" TILE=128
 # EPOCHS=3 for the paper's HR-space U-Net (the epochs are planned for the --lr_space network, ~5x faster
-# per image).
+# per image). Unless EPOCHS is fixed, train.py fits the epochs to the time left (--minutes, re-planned from
+# each epoch's measured time) and the models are named without `_e{epochs}`; a fixed EPOCHS runs exactly
+# that many (the same seed then gives the same model on one machine) and names them `..._e{EPOCHS}`.
 set -euo pipefail
 shopt -s inherit_errexit  # a failing step inside $(train_model ...) stops the script too
 [ $# -ge 3 ] || { echo "usage: recipes/quick.sh SRC_DIR WORK_DIR CRAP_FUNC [N_FRAMES]" >&2; exit 2; }
@@ -32,13 +34,17 @@ mkdir -p "$WORK"
 INFO="$WORK/quick.csv"
 NAME=quick_${CRAP_FUNC}
 OVERHEAD=90  # seconds per model for the plan's probe, step 2 and saving
+TAIL=45      # seconds per model outside train.py's timed epochs: its start (imports, reading tiles) and saving
+FIT_EPOCHS=${EPOCHS-}  # empty: train.py fits the epochs to the time (--minutes)
 
 left() { echo $(( MINUTES * 60 - ($(date +%s) - START) )); }
 
 # train_model N_FRAMES LR_TYPE SECONDS [START_MODEL]: plan, step 2 and step 3 of one model (from START_MODEL's
-# weights if given); prints its name. Runs in a subshell ($(...)): one model's plan never leaks into the next.
+# weights if given) in SECONDS of training plus OVERHEAD; prints its name. Runs in a subshell ($(...)): one
+# model's plan never leaks into the next.
 train_model() {
-    local nf=$1 lt=$2 secs=$3 start=${4:-} line key
+    local nf=$1 lt=$2 secs=$3 start=${4:-} began line key name budget=()
+    began=$(date +%s)
     echo "== quick: planning the $nf-frame model for $(( secs / 60 )) min $(( secs % 60 )) s" >&2
     PLAN=$("$PY" -m utils.quick "$INFO" --crap_func "$CRAP_FUNC" --n_frames "$nf" --minutes "$(( secs / 6 ))e-1" \
            --arch "$ARCH" --seed "$SEED" ${LR_DIR:+--lr_dir "$LR_DIR"} ${start:+--warm} $SSIM_ARG)
@@ -57,12 +63,20 @@ train_model() {
     echo "== quick: step 2, $N_TRAIN + $N_VALID HR tiles of $TILE px" >&2
     "$PY" "$ROOT/tile_from_info.py" --out "$WORK/datasets" --info "$INFO" --tile "$TILE" --n_train "$N_TRAIN" \
         --n_valid "$N_VALID" --n_frames "$nf" --lr_type "$lt" "${TILE_ARGS[@]}" --seed "$SEED" --clean >&2
-    echo "== quick: step 3, $EPOCHS epochs of $CRAP_FUNC pairs (fresh: $FRESH, strength $STRENGTH) on $DEVICE" >&2
+    name="${lt}_${nf}_${NAME}_e${EPOCHS}"
+    if [ -z "$FIT_EPOCHS" ]; then
+        # This model's share of the budget (its training time plus OVERHEAD) less what its plan and step 2 used.
+        budget=(--minutes "$(awk -v s="$(( secs + OVERHEAD ))" -v u="$(( $(date +%s) - began ))" -v t="$TAIL" \
+                'BEGIN { m = (s - u - t) / 60; printf "%.2f", (m > 0.1 ? m : 0.1) }')")
+        name="${lt}_${nf}_${NAME}"
+    fi
+    echo "== quick: step 3, ${budget[1]:+about }$EPOCHS epochs${budget[1]:+ in ${budget[1]} min} of $CRAP_FUNC pairs" \
+         "(fresh: $FRESH, strength $STRENGTH) on $DEVICE" >&2
     "$PY" "$ROOT/train.py" --datasetname "$DATASET" --data_path "$WORK/datasets" --model_dir "$WORK/models" \
         --save_name "$NAME" --lr_type "$lt" --n_frames "$nf" --arch "$ARCH" $NET --size "$TILE" \
         --tile_sz "$TILE" --bs "$BS" --workers "$WORKERS" --cycles "$EPOCHS" --lr_start "$LR" --lr "$LR" $LOSS \
-        "${FLY_ARGS[@]}" --seed "$SEED" ${start:+--load_name "$start"} $TRAIN_EXTRA --force >&2
-    echo "${lt}_${nf}_${NAME}_e${EPOCHS}"
+        "${FLY_ARGS[@]}" "${budget[@]}" --seed "$SEED" ${start:+--load_name "$start"} $TRAIN_EXTRA --force >&2
+    echo "$name"
 }
 
 echo "== quick: step 1, frame statistics of $SRC_DIR" >&2

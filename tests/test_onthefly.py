@@ -198,12 +198,15 @@ def test_planner_paces_training_by_the_slower_of_network_and_data(sample_info):
     assert one > five > 0  # five frames to crappify per sample cost more
 
 
-def run_quick(sample_tree: Path, tmp_path: Path, category: str, crap_func: str, *n_frames: str):
-    """quick.sh on one category of the sample tree, plan values fixed small through the environment."""
+def run_quick(sample_tree: Path, tmp_path: Path, category: str, crap_func: str, *n_frames: str, **settings):
+    """quick.sh on one category of the sample tree, plan values fixed small through the environment
+    (`settings` change them; None leaves one to the plan)."""
     import os
     env = {**os.environ, "PY": sys.executable, "MINUTES": "3", "ARCH": "resnet18", "TILE": "128", "N_TRAIN": "8",
            "N_VALID": "4", "EPOCHS": "1", "BS": "4", "NET": "--lr_space --encoder_stride 8",
            "TRAIN_EXTRA": "--noattn --fp32"}
+    env.update(settings)
+    env = {k: v for k, v in env.items() if v is not None}
     kind = next(p.name for p in sample_tree.iterdir() if (p / category).is_dir())
     src = tmp_path / kind  # a folder named live holds time-lapses (step 1)
     (src / category).mkdir(parents=True)
@@ -227,6 +230,17 @@ def test_quick_sh_end_to_end(sample_tree, tmp_path):
     assert meta["loss"] == "l1" and meta["ssim_weight"] == SSIM_WEIGHT > 0
     assert meta["load_name"] is None and "LR=0.01" in log
     assert "STRENGTH=0.5,2" in log  # no LR_DIR: centred on the paper's noise level
+
+
+def test_quick_sh_fits_epochs_to_the_time_left(sample_tree, tmp_path):
+    """EPOCHS left to the plan: train.py gets the time left (--minutes; of a 1-minute budget, at least the floor
+    of 0.1) and re-plans the epochs from the first one's time (tiny epochs: up to 4x the plan), and the model is
+    named without `_e{epochs}`."""
+    name, log = run_quick(sample_tree, tmp_path, "em", "em_AG_D_sameas_preprint", MINUTES="1", EPOCHS=None)
+    assert name == "s_1_quick_em_AG_D_sameas_preprint"
+    _, meta = load_model(name, tmp_path / "work" / "models")
+    planned = int(next(ln.split("=")[1] for ln in log.splitlines() if ln.strip().startswith("EPOCHS=")))
+    assert 0.1 <= meta["schedule"][0]["stages"][0]["minutes"] < 1 and 1 <= meta["epochs"] <= 4 * planned
 
 
 def test_quick_sh_multi_frame_starts_from_one_frame_model(sample_tree, tmp_path):

@@ -223,6 +223,86 @@ def test_resume_after_interruption(data, tmp_path, monkeypatch):
     assert meta["epochs"] == 2 and not (tmp_path / "s_1_x_e2.ckpt").exists()
 
 
+class FakeClock:
+    """TimeBudget's clock, moved on by `batch` seconds after each training batch (validation is free)."""
+
+    def __init__(self, batch: float):
+        self.now, self.batch = 0.0, batch
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """A FakeClock at 10 s per training batch; the learning rate of every training batch lands in `clock.lrs`."""
+    clock, orig = FakeClock(10.0), training.TimeBudget.after_batch
+    clock.lrs = []
+
+    def after_batch(self):
+        if self.training:
+            clock.lrs.append(self.opt.hypers[-1]["lr"])
+            clock.now += clock.batch
+        orig(self)
+
+    monkeypatch.setattr(training, "time", clock)
+    monkeypatch.setattr(training.TimeBudget, "after_batch", after_batch)
+    return clock
+
+
+def test_minutes_fits_epochs_and_schedule_to_the_time(data, tmp_path, fake_clock):
+    """--minutes: 8 tiles at bs 4 make 2 batches (20 fake seconds) per epoch; planned 2 epochs, 1.7 minutes
+    (102 s) hold 5: the fit re-plans after the first epoch, runs 5, and its one-cycle schedule (warm-up, then
+    annealing) spans exactly those 5: the last batch trains near the cycle's final rate, not mid-cycle. The
+    model is named without `_e{epochs}`; its .json records the 5 epochs and the budget."""
+    run(data, tmp_path, cycles=2, minutes=1.7)
+    meta = json.loads((tmp_path / "s_1_x.json").read_text())
+    assert meta["epochs"] == 5 and meta["schedule"][0]["stages"][0]["minutes"] == 1.7
+    lrs = fake_clock.lrs
+    assert len(lrs) == 10 and fake_clock.now == 100.0
+    peak = int(np.argmax(lrs))
+    assert 1 <= peak <= 3 and lrs[peak] > 0.9e-3  # warm-up over the first 25% of the 5 epochs
+    assert all(a > b for a, b in zip(lrs[peak:], lrs[peak + 1:])) and lrs[-1] < 1e-3 / 20
+
+
+def test_minutes_shrinks_a_plan_that_does_not_fit(data, tmp_path, fake_clock):
+    """A first plan of 6 epochs in 1 minute (3 fit): 3 run, and the schedule, a sixth of it spent in the first
+    epoch, completes over the other two (past its peak, annealing down to the last batch)."""
+    run(data, tmp_path, cycles=6, minutes=1)
+    assert json.loads((tmp_path / "s_1_x.json").read_text())["epochs"] == 3
+    lrs = fake_clock.lrs
+    assert len(lrs) == 6 and lrs[-1] < lrs[-2] < lrs[-3] and lrs[-1] < 0.25 * max(lrs)
+
+
+def test_minutes_resumes_with_what_was_left(data, tmp_path, fake_clock, monkeypatch):
+    """Killed after epoch 2 of a --minutes run (100 s budget): --resume continues the schedule where it stopped
+    and gets the 60 s the run had left, not a new budget: 5 epochs in all, the schedule completed."""
+    orig = training.EpochCheckpoint.after_epoch
+
+    def killed(self):
+        orig(self)
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.EpochCheckpoint, "after_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(data, tmp_path, cycles=5, minutes=100 / 60)
+    monkeypatch.setattr(training.EpochCheckpoint, "after_epoch", orig)
+    before = list(fake_clock.lrs)
+    fake_clock.now += 1000  # the machine was off for a while
+    run(data, tmp_path, cycles=5, minutes=100 / 60, resume=True)
+    assert json.loads((tmp_path / "s_1_x.json").read_text())["epochs"] == 5
+    assert len(before) == 4 and len(fake_clock.lrs) == 10 and fake_clock.lrs[-1] < 1e-3 / 20
+    assert fake_clock.lrs[4] < before[-1]  # resumed past the peak, annealing on
+
+
+@pytest.mark.parametrize("kw, match", [(dict(minutes=0), "positive"), (dict(minutes="soon"), "positive"),
+                                       (dict(minutes=5, schedule="any.json"), "one training stage")])
+def test_minutes_bad_values(data, tmp_path, kw, match):
+    with pytest.raises(PSSRError, match=match):
+        run(data, tmp_path, **kw)
+
+
 def test_load_name_continues(data, trained, tmp_path, capsys):
     """--load_name of the model being written continues it (weights and optimizer state) and may replace it."""
     shutil.copytree(trained, tmp_path / "m")
@@ -343,7 +423,8 @@ def free_port() -> int:
 
 def test_distributed_single_process(data, tmp_path):
     """The `accelerate launch` path (fastai DistributedTrainer: DDP model, DistributedDL, accelerator backward)
-    in one CPU process with the gloo backend, as a launcher would start each rank; on a 5-frame model."""
+    in one CPU process with the gloo backend, as a launcher would start each rank; on a 5-frame model, with
+    --minutes (every rank runs rank 0's plan of epochs)."""
     env = {**os.environ, "WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(free_port()), "ACCELERATE_USE_CPU": "true"}
     args = [sys.executable, "-c",
@@ -357,11 +438,11 @@ def test_distributed_single_process(data, tmp_path):
             "print('wrapped:', seen)\n",
             "--datasetname", "t_5_tiny", "--lr_type", "t", "--n_frames", "5", "--size", "64",
             "--data_path", str(data), "--model_dir", str(tmp_path), "--arch", "resnet18", "--fp32",
-            "--tile_sz", "64", "--bs", "4", "--cycles", "1", "--noattn"]
+            "--tile_sz", "64", "--bs", "4", "--cycles", "1", "--noattn", "--minutes", "5"]
     r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "wrapped: ['DistributedDataParallel']" in r.stdout
-    model, meta = load_model("t_5_combo_e1", tmp_path)
+    model, meta = load_model("t_5_combo", tmp_path)  # --minutes: rank 0's epoch plan broadcast (gloo)
     assert meta["n_frames"] == 5 and meta["lr_type"] == "t"
     with torch.no_grad():
         assert model(torch.rand(1, 5, 32, 32)).shape == (1, 1, 128, 128)

@@ -12,7 +12,9 @@ Prints KEY=VALUE lines (`TILE=256` ...) that quick.sh reads, and writes nothing.
   (scikit-image's `estimate_sigma`), else around the paper's level;
 - the epoch count from measured rates of the network and of crappifying on the fly (on a CPU they take
   turns; beside a GPU, data-loader workers crappify and the slower side sets the pace), so the whole of
-  quick.sh fits the budget; a GPU, when there is one, trains more images in the same time;
+  quick.sh fits the budget; a GPU, when there is one, trains more images in the same time. The plan is a first
+  guess: quick.sh gives train.py the time left (`--minutes`), which re-plans the epochs from their measured
+  time, so neither a probe that misreads the machine nor a machine busier than at the probe moves the end;
 - L1 loss plus SSIM_WEIGHT x (1 - SSIM) (utils.loss: a pixel loss alone predicts the smooth conditional
   mean; on held-out real EM the term raised the SSIM gain over bilinear at the same PSNR gain), L1 alone for
   both models of a multi-frame run (with the term, the 5-frame model scored 0.17-0.30 dB lower on held-out
@@ -107,8 +109,11 @@ def estimate_strength(df: pd.DataFrame, crap_func: str, lr_dir: Path, scale: int
     return float(np.median(real) / np.median(ours)), float(np.median(real))
 
 
-def training_rate(meta: dict, size: int, bs: int, device: str, steps: int = 3, ssim_weight: float = 0.0) -> float:
-    """Training images per second of this network, crop and loss on `device` (after one warm-up step)."""
+def training_rate(meta: dict, size: int, bs: int, device: str, steps: int = 4, ssim_weight: float = 0.0,
+                  warmup: int = 2) -> float:
+    """Training images per second of this network, crop and loss on `device`, after `warmup` steps: on an
+    AVX-512 EPYC the second bf16 step still took 1.8x a settled one (oneDNN prepares kernels), and with one
+    warm-up step the probe read 17 images/s where training ran 26."""
     torch.manual_seed(0)
     model = build_model(meta).to(device).train()
     opt = torch.optim.Adam(model.parameters(), 1e-4)
@@ -128,7 +133,8 @@ def training_rate(meta: dict, size: int, bs: int, device: str, steps: int = 3, s
         opt.step()
         opt.zero_grad()
 
-    step()
+    for _ in range(warmup):
+        step()
     if not cpu:
         torch.cuda.synchronize()
     t0 = time.perf_counter()

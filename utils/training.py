@@ -6,9 +6,10 @@ discriminative range). Each round starts from the previous round's best model (p
 read its own data set (the paper's EM rounds use 128/256/512-px tiles, Supplementary Table 3).
 """
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ from torch import nn
 import fastai.callback.fp16  # noqa: F401  (patches Learner.to_fp16/to_bf16)
 import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle)
 import fastai.distributed  # noqa: F401  (patches Learner.distrib_ctx; needs accelerate)
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.tracker import SaveModelCallback
 from fastai.learner import Learner
 from fastai.metrics import AvgMetric
@@ -31,8 +32,9 @@ from .model import load_safe, model_paths, save_model
 from .speed import native_bf16
 
 __all__ = ["psnr", "ssim", "sr_metrics", "CPUFastPath", "add_precision", "unet_splitter", "BestModel",
-           "EpochCheckpoint", "Stage", "Round", "read_schedule", "single_round", "lr_arg", "N_GROUPS", "ckpt_path",
-           "read_ckpt", "unwrap", "plain_opt_state", "bilinear_baseline", "export_learner", "fit_rounds", "plan_of"]
+           "EpochCheckpoint", "TimeBudget", "Stage", "Round", "read_schedule", "single_round", "lr_arg", "N_GROUPS",
+           "ckpt_path", "read_ckpt", "unwrap", "plain_opt_state", "bilinear_baseline", "export_learner", "fit_rounds",
+           "plan_of"]
 
 
 def psnr(pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
@@ -134,6 +136,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
+MAX_EPOCHS = 4  # a TimeBudget stage runs at most this many times its first plan of epochs
 N_GROUPS = 3  # layer groups, as the original's fastai v1 split of a ResNet U-Net
 
 
@@ -163,10 +166,12 @@ def lr_arg(lr: Union[float, Sequence[float]], n_groups: int = N_GROUPS) -> List[
 
 @dataclass
 class Stage:
-    """One fit_one_cycle call."""
+    """One fit_one_cycle call; with `minutes`, its schedule is fitted to that wall-clock time (TimeBudget) and
+    `epochs` is only the first plan."""
     epochs: int
     lr: Union[float, List[float]]
     freeze: bool = False
+    minutes: Optional[float] = None
 
 
 @dataclass
@@ -215,9 +220,10 @@ def read_schedule(path: Path) -> List[Round]:
 
 
 def single_round(size: int, tile_sz: int, bs: int, cycles: int, lr: float, lr_start: Optional[float],
-                 freeze: bool) -> List[Round]:
-    """The original train.py: one fit_one_cycle of `cycles` epochs at `lr` (or the range lr_start..lr)."""
-    return [Round(size, tile_sz, bs, [Stage(cycles, [lr_start, lr] if lr_start else lr, freeze)])]
+                 freeze: bool, minutes: Optional[float] = None) -> List[Round]:
+    """The original train.py: one fit_one_cycle of `cycles` epochs at `lr` (or the range lr_start..lr), or of
+    as many epochs as fit in `minutes`."""
+    return [Round(size, tile_sz, bs, [Stage(cycles, [lr_start, lr] if lr_start else lr, freeze, minutes)])]
 
 
 def plain_opt_state(state):
@@ -273,17 +279,74 @@ class EpochCheckpoint(Callback):
     continues from the last completed epoch of the same command."""
     order = BestModel.order + 1
 
-    def __init__(self, path: Path, step: int, plan: list, best: BestModel):
-        self.path, self.step, self.plan, self.best = Path(path), step, plan, best
+    def __init__(self, path: Path, step: int, plan: list, best: BestModel, budget: Optional["TimeBudget"] = None):
+        self.path, self.step, self.plan, self.best, self.budget = Path(path), step, plan, best, budget
 
     def after_epoch(self):
         if rank_distrib() or _skipped(self.learn):
             return
         state = {"model": unwrap(self.model).state_dict(), "opt": plain_opt_state(self.opt.state_dict()),
                  "step": self.step, "epoch": self.epoch, "n_epoch": self.n_epoch, "best": float(self.best.best),
-                 "epochs_done": self.best.epochs_done, "plan": self.plan}
+                 "epochs_done": self.best.epochs_done, "plan": self.plan,
+                 "budget": self.budget.snapshot() if self.budget else None}
         with atomic_path(self.path) as tmp:
             torch.save(state, tmp)
+
+
+def _from_rank0(value: int) -> int:
+    """Rank 0's `value` on every rank (each measures its own clock; all must run the same epochs)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return int(box[0])
+    return value
+
+
+class TimeBudget(Callback):
+    """Fit a one-cycle schedule to `minutes` of wall clock. Before each epoch the epochs still to run are
+    planned again from the mean epoch time so far (validation included), and the schedule's position
+    (`pct_train`, which fastai's ParamScheduler reads) advances so that the cycle ends with the last epoch
+    that fits; then the fit stops. quick.sh's plan times a few steps before training: on an AVX-512 EPYC
+    whose first bf16 steps are slow it planned 10.8 minutes of a 20-minute budget, and a machine busier
+    than at the probe would overrun it. `epochs` is the first plan, `max_epochs` the most the fit may run."""
+    order = 100  # last: it stops the fit in after_epoch, once BestModel and EpochCheckpoint have kept the epoch
+
+    def __init__(self, minutes: float, epochs: int, max_epochs: int, state: Optional[dict] = None):
+        self.seconds, self.first, self.max_epochs = 60 * float(minutes), int(epochs), int(max_epochs)
+        self.state = state or {"p": 0.0, "spent": 0.0, "done": 0}
+
+    def before_fit(self):
+        self.t0 = time.monotonic() - self.state["spent"]  # a resumed run gets what the interrupted one had left
+        self.p, self.done = float(self.state["p"]), int(self.state["done"])
+
+    def epochs_left(self) -> int:
+        """Epochs still to run, this one included."""
+        if self.done == 0:
+            k = self.first
+        else:
+            spent = time.monotonic() - self.t0
+            k = int((self.seconds - spent) / (spent / self.done))
+        return max(1, min(k, self.max_epochs - self.epoch))
+
+    def before_train(self):
+        k = _from_rank0(self.epochs_left())
+        self.step = (1 - self.p) / (k * len(self.dls.train))
+        self.learn.pct_train = self.p
+
+    def after_batch(self):
+        if self.training:
+            self.p = min(1.0, self.p + self.step)
+            self.learn.pct_train = self.p
+
+    def after_train(self):
+        self.done += 1
+
+    def after_epoch(self):
+        if not _skipped(self.learn) and self.p >= 1 - 1e-6:
+            raise CancelFitException()
+
+    def snapshot(self) -> dict:
+        return {"p": self.p, "spent": time.monotonic() - self.t0, "done": self.done}
 
 
 def read_ckpt(path: Path, plan: list) -> dict:
@@ -335,43 +398,50 @@ def _load_opt(learn: Learner, state: Optional[dict]) -> None:
 
 
 def fit_rounds(rounds: List[Round], make_learner, final_name: str, model_dir: Path, meta_of,
-               ckpt: Optional[dict] = None, opt_state: Optional[dict] = None) -> Learner:
+               ckpt: Optional[dict] = None, opt_state: Optional[dict] = None) -> Tuple[Learner, int]:
     """Run every stage of every round; each round keeps `{final_name}_best_{size}` and starts from the previous
     round's best weights (the model object carries them over). `ckpt` resumes mid-run, `opt_state` comes
-    with `--load_name`."""
-    plan, step, learn = plan_of(rounds), 0, None
+    with `--load_name`. Returns the last learner and the epochs run (a stage with `minutes` decides its own)."""
+    plan, step, learn, ran = plan_of(rounds), 0, None, 0
     ck_path = ckpt_path(final_name, model_dir)
     for rnd in rounds:
         first, step_end = step, step + len(rnd.stages)
         if ckpt is not None and ckpt["step"] >= step_end:
             step = step_end  # finished before the interruption; its best model is on disk
+            ran += rnd.epochs
             continue
         learn = make_learner(rnd)
         best = BestModel(f"{final_name}_best_{rnd.size}", model_dir, meta_of(rnd))
         learn.add_cb(best)
         for stage in rnd.stages:
-            start = 0
+            start, budget_state = 0, None
             learn.freeze() if stage.freeze else learn.unfreeze()
             if ckpt is not None and step < ckpt["step"]:
                 step += 1
+                ran += stage.epochs
                 continue
             if ckpt is not None and step == ckpt["step"]:
                 unwrap(learn.model).load_state_dict(ckpt["model"])
                 _load_opt(learn, ckpt["opt"])
                 best.best, best.epochs_done, start = ckpt["best"], ckpt["epochs_done"], ckpt["epoch"] + 1
+                budget_state = ckpt.get("budget")
                 ckpt = None
             elif step == first == 0 and opt_state is not None:
                 _load_opt(learn, opt_state)
-            cbs = [EpochCheckpoint(ck_path, step, plan, best)]
+            budget = (TimeBudget(stage.minutes, stage.epochs, MAX_EPOCHS * stage.epochs, budget_state)
+                      if stage.minutes else None)
+            cbs = [EpochCheckpoint(ck_path, step, plan, best, budget)] + ([budget] if budget else [])
             # SyncBatchNorm is CUDA-only; CPU processes (gloo) keep plain BatchNorm, and need accelerate's `cpu`:
             # without it, on a machine without CUDA, accelerate sees no distributed run and wraps nothing.
             cpu = learn.dls.device.type != "cuda"
             with learn.distrib_ctx(sync_bn=not cpu, cpu=cpu):
-                learn.fit_one_cycle(stage.epochs, lr_arg(stage.lr), cbs=cbs, start_epoch=start)
+                learn.fit_one_cycle(budget.max_epochs if budget else stage.epochs, lr_arg(stage.lr), cbs=cbs,
+                                    start_epoch=start)
+            ran += budget.done if budget else stage.epochs
             # fastai leaves DistributedTrainer (and its Accelerator) on the learner when WORLD_SIZE is 1;
             # it would pile up over stages and cannot be pickled by export.
             learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, fastai.distributed.DistributedTrainer)])
             step += 1
         learn.remove_cb(best)
         export_learner(learn, model_paths(best.fname, model_dir)["pkl"])
-    return learn
+    return learn, ran
