@@ -2,8 +2,8 @@
 training never saw, against bilinear upsampling of the same LR, with paired t-tests.
 
     python bench/bench_quality.py [--variants quick,fixed_pairs] [--minutes 20] [--work bench/out/quality] [--isbi TIF]
-                                  [--reuse]
-    python bench/bench_quality.py --movies DIR|synthetic [--minutes 20]     # fluorescence time-lapse, 5 vs 1 frame
+                                  [--reuse] [--train_slices 20]
+    python bench/bench_quality.py --movies DIR|synthetic|nuclei [--minutes 20]  # fluorescence time-lapse, 5 vs 1 frame
 
 EM (default): the ISBI 2012 ssTEM volume in ../shared/data/em_isbi2012 (30 x 512², 4 nm pixels): slices 0-19 are
 the training source, 20-23 its validation split, 24-29 the test set. Test LR: `scan`, written here and unlike
@@ -14,7 +14,9 @@ make it (another sampling phase, an integrating detector, anti-aliased rescaling
 Fluorescence (`--movies`): time-lapse TIFF/CZI files (2D + t; the first channel and middle slice are used). With
 three or more, the last is the test movie, the one before it validation, the rest training; with fewer, each is
 split in time (the last 20% of the frames test, the 10% before them validation, at least 5 frames each).
-`synthetic` generates seeded movies of drifting mitochondria (utils.sample_data) where no real one is at hand.
+`synthetic` generates seeded movies of drifting mitochondria (utils.sample_data) where no real one is at hand;
+`nuclei` a small source like a lab's first time-lapse: one 130² x 30-frame movie of slowly moving nuclei to train
+on, a 130² x 10 one for validation and a held-out 256² x 20 one to test.
 quick.sh trains the 5-frame and the 1-frame model; test LR: `shot` (low dose: PSF blur sigma 1 HR px, 4x point
 sampling, Poisson noise at 30 photons for white over 2 of background, read noise 1.5 photons, stored as uint16
 counts as a detector gives them), `mild` (the same at 300 photons, read noise 3) and `fluo`, the paper's
@@ -46,7 +48,8 @@ from utils.crappifiers import crappify, downsample  # noqa: E402
 from utils.errors import fail, run_cli  # noqa: E402
 from utils.metrics import slice_metrics  # noqa: E402
 from utils.norm import normalize, percentiles, to_uint8  # noqa: E402
-from utils.sample_data import FLUO_PIXEL_UM, fluo_movie, save_unlabelled_stack  # noqa: E402
+from utils.sample_data import (FLUO_PIXEL_UM, NUCLEI_PIXEL_UM, fluo_movie, nuclei_movie,  # noqa: E402
+                               save_unlabelled_stack)
 from utils.sources import find_images, open_source  # noqa: E402
 from utils.testset import read_stack  # noqa: E402
 
@@ -167,14 +170,21 @@ def em_to_unit(g: np.ndarray) -> np.ndarray:
     return g / np.float32(255)
 
 
-def make_em_data(work: Path, isbi: Path = ISBI) -> Path:
-    """Source tree and test sets under WORK/data (kept between runs)."""
+def make_em_data(work: Path, isbi: Path = ISBI, train_slices: int = 20) -> Path:
+    """Source tree and test sets under WORK/data (kept between runs); the first `train_slices` of slices 0-19
+    are the training source (fewer measure what more HR data is worth)."""
     data = work / "data"
     if (data / "done").exists():
+        with tifffile.TiffFile(data / "src/em/train/isbi_train.tif") as tif:
+            have = len(tif.pages)
+        if have != train_slices:
+            fail(work, f"its data folder trains on {have} slices, not {train_slices}: use another --work")
         write_foreign_sets(data, EM, 2013, em_to_unit)
         return data
+    if not 1 <= train_slices <= 20:
+        fail(None, f"--train_slices {train_slices}: choose 1-20 (slices 20-29 are validation and test)")
     vol = tifffile.imread(isbi)
-    for split, part in (("train", vol[:20]), ("valid", vol[20:24])):
+    for split, part in (("train", vol[:train_slices]), ("valid", vol[20:24])):
         (data / "src/em" / split).mkdir(parents=True, exist_ok=True)
         tifffile.imwrite(data / "src/em" / split / f"isbi_{split}.tif", part, imagej=True,
                          resolution=(250, 250), metadata={"unit": "um", "axes": "ZYX", "spacing": 0.05})
@@ -186,10 +196,12 @@ def make_em_data(work: Path, isbi: Path = ISBI) -> Path:
 
 def read_movies(movies: str) -> Dict[str, Tuple[np.ndarray, Optional[float]]]:
     """name: ((t, y, x) movie, pixel size) of every time-lapse under MOVIES, or seeded synthetic ones."""
-    if movies == "synthetic":
+    synthetic = {"synthetic": (fluo_movie, [(384, 20), (384, 20), (256, 12), (320, 16)], FLUO_PIXEL_UM),
+                 "nuclei": (nuclei_movie, [(130, 30), (130, 10), (256, 20)], NUCLEI_PIXEL_UM)}  # train..., valid, test
+    if movies in synthetic:
+        make, sizes, px = synthetic[movies]
         rng = np.random.default_rng(7)
-        sizes = [(384, 20), (384, 20), (256, 12), (320, 16)]  # train, train, valid, test
-        return {f"movie{i}": (fluo_movie(s, t, rng), FLUO_PIXEL_UM) for i, (s, t) in enumerate(sizes)}
+        return {f"movie{i}": (make(s, t, rng), px) for i, (s, t) in enumerate(sizes)}
     files = find_images(Path(movies), recursive=True)
     if not files:
         fail(movies, "no .tif/.tiff/.czi time-lapse in this folder")
@@ -301,9 +313,10 @@ def score(data: Path, outs: Dict[int, Tuple[Path, str]], bench: Bench) -> list:
 
 
 def main(variants: str = "quick", minutes: float = 20, work: str = "bench/out/quality", isbi: str = str(ISBI),
-         movies: Optional[str] = None, reuse: bool = False) -> None:
-    """Run each variant of quick.sh and score it. --isbi points at the EM volume where ../shared is elsewhere;
-    --movies DIR (or `synthetic`) benchmarks fluorescence time-lapses instead (module docstring). --reuse
+         movies: Optional[str] = None, reuse: bool = False, train_slices: int = 20) -> None:
+    """Run each variant of quick.sh and score it. --isbi points at the EM volume where ../shared is elsewhere,
+    --train_slices N trains on its first N slices only (default all 20);
+    --movies DIR (or `synthetic`, `nuclei`) benchmarks fluorescence time-lapses instead (module docstring). --reuse
     scores the model a variant's folder already holds instead of training again (test sets added since, or a
     run cut off while scoring); its minutes are then left blank."""
     names = list(variants) if isinstance(variants, (list, tuple)) else [v for v in str(variants).split(",") if v]
@@ -316,7 +329,7 @@ def main(variants: str = "quick", minutes: float = 20, work: str = "bench/out/qu
     else:
         if not Path(isbi).is_file():
             fail(isbi, "real EM volume not found (../shared/data/em_isbi2012, or give --isbi)")
-        bench, data = EM, make_em_data(work, Path(isbi))
+        bench, data = EM, make_em_data(work, Path(isbi), int(train_slices))
     results = []
     for v in names:
         outs, secs = {}, {}

@@ -67,6 +67,14 @@ def test_synthetic_movies_make_a_source_tree(tmp_path, monkeypatch):
     assert tifffile.imread(data / "test/lr_mild/movie3.tif").shape == (16, 16, 16)
 
 
+def test_synthetic_nuclei_are_a_small_source_with_a_held_out_movie(monkeypatch):
+    monkeypatch.setattr(bq, "nuclei_movie", lambda size, t, rng: _movie(t, size, int(rng.integers(99))))
+    train, valid, test = bq.split_movies(bq.read_movies("nuclei"))
+    shapes = [m.shape for part in (train, valid, test) for m, _ in part.values()]
+    assert shapes == [(30, 130, 130), (10, 130, 130), (20, 256, 256)]
+    assert test["movie2"][1] == bq.NUCLEI_PIXEL_UM
+
+
 def test_lab_movies_are_read_and_short_ones_refused(tmp_path):
     folder = tmp_path / "movies"
     folder.mkdir()
@@ -97,6 +105,21 @@ def test_foreign_em_sets_are_added_without_changing_the_others(tmp_path):
     bq.write_foreign_sets(tmp_path, bq.EM, 2, bq.em_to_unit)
     assert all(np.array_equal(tifffile.imread(tmp_path / f"test/lr_{d}/s0.tif"), lr) for d, lr in lrs.items())
     assert not list((tmp_path / "test").glob("*.partial"))
+
+
+def test_em_training_source_can_be_cut_to_fewer_slices(tmp_path):
+    isbi = tmp_path / "vol.tif"
+    tifffile.imwrite(isbi, np.random.default_rng(0).integers(0, 256, (30, 64, 64)).astype(np.uint8))
+    data = bq.make_em_data(tmp_path / "w", isbi, train_slices=5)
+    train = tifffile.imread(data / "src/em/train/isbi_train.tif")
+    assert train.shape == (5, 64, 64) and np.array_equal(train, tifffile.imread(isbi)[:5])
+    assert tifffile.imread(data / "src/em/valid/isbi_valid.tif").shape == (4, 64, 64)
+    assert sorted(p.name for p in (data / "test/gt").iterdir()) == [f"s{i}.tif" for i in range(24, 30)]
+    assert bq.make_em_data(tmp_path / "w", isbi, train_slices=5) == data  # kept
+    with pytest.raises(PSSRError, match="trains on 5 slices, not 20"):
+        bq.make_em_data(tmp_path / "w", isbi)
+    with pytest.raises(PSSRError, match="choose 1-20"):
+        bq.make_em_data(tmp_path / "w2", isbi, train_slices=21)
 
 
 def test_reuse_finds_the_one_finished_model(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import run_script
 from utils.errors import PSSRError
-from utils.sample_data import EM_PIXEL_UM, FLUO_PIXEL_UM, em_frame, fluo_movie, write_sample_tree
+from utils.sample_data import EM_PIXEL_UM, FLUO_PIXEL_UM, em_frame, fluo_movie, nuclei_movie, write_sample_tree
 from utils.sources import find_images, open_source
 
 
@@ -48,6 +48,21 @@ def test_fluo_mitochondria_are_sparse_bright_and_move():
     assert (m[0] > 3 * bg).mean() < 0.2  # sparse
     moved = np.abs(m[-1] - m[0]).mean() / np.abs(m[1] - m[0]).mean()
     assert moved > 1.2  # frames drift apart over time, not just noise
+
+
+def test_nuclei_are_seeded_textured_blobs_that_move_slowly():
+    a = nuclei_movie(96, 12, np.random.default_rng(1))
+    assert np.array_equal(a, nuclei_movie(96, 12, np.random.default_rng(1))) and a.shape == (12, 96, 96)
+    assert a.dtype == np.uint16 and not np.array_equal(a, nuclei_movie(96, 12, np.random.default_rng(2)))
+    m = nuclei_movie(130, 30, np.random.default_rng(0)).astype(float)
+    bg = np.median(m)
+    bright = m[0] > 5 * bg
+    assert 0.1 < bright.mean() < 0.6  # blobs, far more area than fluo_movie's thin tubes
+    inside = m[0][bright]
+    assert inside.std() / inside.mean() > 0.15  # chromatin texture, not flat discs
+    step = np.abs(m[1] - m[0]).mean()
+    assert np.abs(m[5] - m[0]).mean() > 1.2 * step  # they move,
+    assert np.abs(m[-1] - m[0]).mean() > np.abs(m[5] - m[0]).mean()  # and keep moving over the movie
 
 
 def test_refuses_a_non_empty_folder(tmp_path):
