@@ -137,6 +137,7 @@ def nuclei_movie(size: int, n_frames: int, rng: np.random.Generator) -> np.ndarr
     for t in range(n_frames):
         acc = np.zeros((size, size))
         c_t = centre + steps[: t + 1].sum(0)
+        w = np.cos(0.5 * np.pi * t / max(n_frames - 1, 1))  # chromatin remodels over the movie
         for i in range(n):
             a = angle[i] + turn[i] * t
             u = (yy - c_t[i, 0]) * np.cos(a) + (xx - c_t[i, 1]) * np.sin(a)
@@ -144,7 +145,6 @@ def nuclei_movie(size: int, n_frames: int, rng: np.random.Generator) -> np.ndarr
             breathe = 1 + 0.04 * np.sin(t / 4 + phase[i])
             r = np.hypot(u / (axes[i, 0] * breathe), v / (axes[i, 1] * breathe))
             near = r < 1.5
-            w = np.cos(0.5 * np.pi * t / max(n_frames - 1, 1))  # chromatin remodels over the movie
             texture = w * tex[i][0] + (1 - w) * tex[i][1]
             local = ndimage.map_coordinates(texture, [u[near] + pad, v[near] + pad], order=1, mode="nearest")
             acc[near] += bright[i] * local.clip(0.1) / (1 + np.exp((r[near] - 1) * 12))
