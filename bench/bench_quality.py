@@ -59,6 +59,7 @@ VARIANTS = {
     "quick": {},
     "fixed_pairs": {"FRESH": "0"},
     "paper_noise": {"STRENGTH": "1"},
+    "narrow_noise": {"STRENGTH": "0.5,2"},  # quick.sh's range before the 0.2 floor
     "mid_noise": {"STRENGTH": "0.25,2"},
     "wide_noise": {"STRENGTH": "0.1,2"},
     "mse": {"LOSS": ""},

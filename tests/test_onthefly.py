@@ -19,7 +19,7 @@ from utils.model import load_model
 from utils.norm import to_uint8
 from utils.onthefly import Draws, FreshPairs, make_fly_dls, read_hr_stack
 from utils.quick import (SSIM_WEIGHT, estimate_strength, noise_sigma, pick_stride, pick_tile, pick_workers,
-                         pipeline_rate, sample_rate)
+                         pipeline_rate, sample_rate, strength_range)
 from utils.restore import frame_windows
 from utils.tiling import DatasetSpec, make_dataset
 
@@ -184,6 +184,8 @@ def test_planner_tiles_strides_and_noise_match(sample_info, tmp_path):
     strength, sigma = estimate_strength(em, "em_AG_D_sameas_preprint", tmp_path / "lr")
     assert 1.4 < strength < 2.8 and sigma == pytest.approx(noise_sigma(tifffile.imread(tmp_path / "lr" / "a.tif")
                                                                        / 255.0), rel=0.3)
+    # The range drawn from reaches down to nearly clean LR: a tenth of the top, around any centre.
+    assert strength_range(1.0) == "0.2,2" and strength_range(strength) == f"{0.2 * strength:.3g},{2 * strength:.3g}"
 
 
 def test_planner_paces_training_by_the_slower_of_network_and_data(sample_info):
@@ -229,7 +231,7 @@ def test_quick_sh_end_to_end(sample_tree, tmp_path):
     assert meta["lr_head"] == "subpixel"
     assert meta["loss"] == "l1" and meta["ssim_weight"] == SSIM_WEIGHT > 0
     assert meta["load_name"] is None and "LR=0.01" in log
-    assert "STRENGTH=0.5,2" in log  # no LR_DIR: centred on the paper's noise level
+    assert "STRENGTH=0.2,2" in log  # no LR_DIR: 0.2-2x the paper's noise level
 
 
 def test_quick_sh_fits_epochs_to_the_time_left(sample_tree, tmp_path):
