@@ -50,8 +50,9 @@ MIN_BOTTLENECK = 4
 LR, WARM_LR = 1e-2, 2e-3
 SSIM_WEIGHT = 0.03
 # The drawn noise level spans these multiples of the centre (the paper's level, or LR_DIR's). With 0.5-2x, on
-# a small nuclei movie both models fell 0.8-2.6 dB below bilinear on LR with 0.3x the noise; 0.2-2x put them
-# 0.5-0.8 dB above it there, -0.53..+0.32 dB against 0.5-2x on the noisy LR (README, "What to expect").
+# a small nuclei movie both models fell 1.1-2.6 dB below bilinear on LR with 0.3x the noise; 0.2-2x put them
+# 0.5-0.8 dB above it there, -0.53..+0.32 dB against 0.5-2x on the noisy LR; on real EM it cost 0.01-0.04 dB
+# (README, "What to expect").
 NOISE_RANGE = (0.2, 2.0)
 DEFAULT_STRENGTH = 1.0
 # The probes time the network on tensors already in memory and crappifying one frame; the training loop also
