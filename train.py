@@ -21,7 +21,7 @@ import torch
 from fastai.learner import Learner
 from fastai.torch_core import rank_distrib, set_seed
 
-from utils.crappifiers import check_crappifier, parse_strength
+from utils.crappifiers import check_crappifier, parse_blur, parse_strength
 from utils.data import MAX_ROTATE, MAX_ZOOM, find_dataset, find_hr_tiles, make_dls
 from utils.errors import fail, run_cli
 from utils.loss import sr_loss
@@ -95,17 +95,19 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
          data_path: str = "datasets", model_dir: str = "models", schedule: Optional[str] = None, seed: int = 0,
          device: Optional[str] = None, workers: int = 0, fp32: bool = False, resume: bool = False, force: bool = False,
          max_rotate: Optional[float] = None, max_zoom: Optional[float] = None, crap_func: Optional[str] = None,
-         crap_strength="1", encoder_stride: Optional[int] = None, lr_head: str = LR_HEADS[0],
-         ssim_weight: float = 0.0, minutes: Optional[float] = None) -> None:
+         crap_strength="1", crap_blur="0", encoder_stride: Optional[int] = None, lr_head: str = LR_HEADS[0],
+         ssim_weight: float = 0.0, minutes: Optional[float] = None, average_epochs: float = 0) -> None:
     """Train; every option as the original train.py plus --schedule/--lr_space/--weights/--seed/--device/
-    --workers/--model_dir/--fp32/--resume/--force/--crap_func/--crap_strength/--minutes (README, Step 3).
+    --workers/--model_dir/--fp32/--resume/--force/--crap_func/--crap_strength/--crap_blur/--minutes/--average_epochs
+    (README, Step 3).
 
     lr: as the original's `slice(lr)`, the encoder's two layer groups train at lr/10; --lr_start gives a range
     spaced linearly over the three groups (paper, Methods). residual: add the bilinear upsampling to the
     output (an untrained model then equals bilinear); off by default, as in the paper (--lr_space implies it).
     max_rotate/max_zoom: default 10 degrees / 1.1 with --crap_func (the HR is augmented before crappifying),
-    none for pre-made pairs (resampling crappified LR smooths its noise). encoder_stride: 16 for --lr_space
-    (its U-Net sees LR pixels), else the paper's 32. lr_head: the --lr_space upsampling head, `subpixel` (its
+    none for pre-made pairs (resampling crappified LR smooths its noise). crap_blur: a probe-blur sigma range
+    (HR px) drawn per tile before crappifying, for blurred real LR (off, as the paper). encoder_stride: 16 for
+    --lr_space (its U-Net sees LR pixels), else the paper's 32. lr_head: the --lr_space upsampling head, `subpixel` (its
     last x2 step linear, 1.5x faster training) or `icnr` (every step ReLU'd at HR size, models before it was
     recorded; utils.model.sr_head). ssim_weight: adds this times (1 - SSIM) of the prediction fitted to the
     target, as the evaluation scores it, to the pixel loss (utils.loss; not in the paper). load_name: continue
@@ -113,7 +115,8 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     starts as exactly the 1-frame one). minutes: train for this wall-clock time from the first epoch on, as
     many epochs as fit (re-planned after each from the measured epoch time; --cycles is the first plan, at most
     4x it run); the one-cycle schedule ends with the last of them. The model is then named without `_e{epochs}`
-    (its .json says how many ran)."""
+    (its .json says how many ran). average_epochs: the model keeps its weights averaged (exponentially) over
+    about this many last epochs instead of the best epoch's (utils.training.WeightAverage; not in the paper)."""
     if datasetname is None:
         fail(None, "--datasetname is required (a folder of --data_path written by tile_from_info.py)")
     if lr_type not in ("s", "t", "z"):
@@ -130,9 +133,11 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
         fail(None, f"--ssim_weight must be a number from 0 to 10, not {ssim_weight!r}")
     if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0):
         fail(None, f"--minutes must be a positive number, not {minutes!r}")
+    if isinstance(average_epochs, bool) or not isinstance(average_epochs, (int, float)) or average_epochs < 0:
+        fail(None, f"--average_epochs must be a number of epochs >= 0 (0: off), not {average_epochs!r}")
     if minutes is not None and schedule:
         fail(schedule, "--minutes fits one training stage to the time; a --schedule has its own epochs per round")
-    strength = parse_strength(crap_strength)
+    strength, blur_range = parse_strength(crap_strength), parse_blur(crap_blur)
     fly = crap_func is not None
     max_rotate = (MAX_ROTATE if fly else 0.0) if max_rotate is None else float(max_rotate)
     max_zoom = (MAX_ZOOM if fly else 1.0) if max_zoom is None else float(max_zoom)
@@ -165,9 +170,11 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
                      imagenet_norm=pretrain or norm, pretrained=pretrain, hr_pixel_size=spec0.info.get("hr_pixel_size"),
                      weights=str(weights_file) if weights_file else None, norm=spec0.norm,
                      crap_func=crap_func or spec0.crap_func, crap_strength=list(strength) if fly else None,
+                     crap_blur=list(blur_range) if fly else None,
                      on_the_fly=fly, max_rotate=max_rotate, max_zoom=max_zoom,
                      datasetname=datasetname, loss="l1" if l1_loss else "mse",
-                     ssim_weight=float(ssim_weight), seed=seed, schedule=plan_of(rounds),
+                     ssim_weight=float(ssim_weight), average_epochs=float(average_epochs), seed=seed,
+                     schedule=plan_of(rounds),
                      load_name=load_name,
                      runtime=runtime())
     check_bottleneck(base_meta, rounds)
@@ -175,7 +182,7 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     opt_state = load_start(model, load_name, model_dir, base_meta) if load_name else None
     model = model.to(dev)
     precision = []
-    draws = Draws(crap_func, scale, strength, seed, max_rotate, max_zoom) if fly else None
+    draws = Draws(crap_func, scale, strength, seed, max_rotate, max_zoom, blur_range) if fly else None
 
     def make_learner(rnd):
         # --bs is per process: fastai's DistributedDL hands each rank whole batches of the loader's size, drawn
@@ -199,7 +206,7 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     def meta_of(rnd):
         return {**base_meta, "size": rnd.size, "tile_sz": rnd.tile_sz, "precision": precision[-1]}
 
-    learn, ran = fit_rounds(rounds, make_learner, final, model_dir, meta_of, ckpt, opt_state)
+    learn, ran = fit_rounds(rounds, make_learner, final, model_dir, meta_of, ckpt, opt_state, average_epochs)
     finish(learn, {**meta_of(rounds[-1]), "epochs": ran}, final, model_dir)  # every rank: validate() gathers
 
 

@@ -71,6 +71,8 @@ VARIANTS = {
     "paper_net_residual": {"NET": "--residual", "LOSS": "", "LR": "1e-3", "EPOCHS": "2"},
     "lr_1e-3": {"LR": "1e-3"},
     "no_rotate_zoom": {"TRAIN_EXTRA": "--max_rotate 0 --max_zoom 1"},
+    # a probe blur drawn per tile before crappifying (sigma 0-1.5 HR px; the paper's crappifiers sample points)
+    "blur": {"TRAIN_EXTRA": "--crap_blur 0,1.5"},
     # a lab's real LR scans (no ground truth) centre the noise range: here the noisiest test set's LR (the
     # others measure 1.0-1.1x the crappifier's level; README), {data} being the bench's data folder
     "lr_dir_dose20": {"LR_DIR": "{data}/test/lr_dose20"},
@@ -92,13 +94,15 @@ def degrade_scan(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 # Test LR made the way other people make it (none is used in training): where `scan` samples the centre of
 # each 4x4 block, `stride` takes its corner (hr[::4, ::4], 1.5 HR px off), `area` integrates the block (a
 # slow detector), `aa` is scikit-image's rescale with its default anti-aliasing; `dose20` is `scan` at 20
-# photons, `gauss` white Gaussian noise (sigma 0.08) on the downsampled image.
+# photons, `gauss` white Gaussian noise (sigma 0.08) on the downsampled image, `clean` the scan without noise
+# (quick.sh's noise range stops at 0.2x: does a model smooth away detail that noise-free LR carries?).
 FOREIGN_EM = {
     "stride": lambda hr, rng: counted(gaussian_filter(hr, 1.0)[::4, ::4], rng),
     "area": lambda hr, rng: counted(hr.reshape(hr.shape[0] // 4, 4, hr.shape[1] // 4, 4).mean((1, 3)), rng),
     "aa": lambda hr, rng: counted(rescale(hr, 0.25, anti_aliasing=True), rng),
     "dose20": lambda hr, rng: counted(downsample(gaussian_filter(hr, 1.0), 4), rng, 20),
     "gauss": lambda hr, rng: to_uint8(np.clip(downsample(hr, 4) + rng.normal(0, 0.08, np.shape(hr[::4, ::4])), 0, 1)),
+    "clean": lambda hr, rng: to_uint8(downsample(gaussian_filter(hr, 1.0), 4)),
 }
 
 

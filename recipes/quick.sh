@@ -11,7 +11,8 @@
 #   python image_gen.py LR_FOLDER OUT --models NAME --model_dir WORK_DIR/models
 # Settings (utils/quick.py explains each): MINUTES (whole script, default 20), SEED, PY, ARCH,
 # TRAIN_EXTRA (more train.py options), LR_TYPE (t or z for N_FRAMES 5, default t), FRESH=0 (crappify
-# once in step 2 instead of on the fly, for comparison). Any value of the printed plan can be fixed
+# once in step 2 instead of on the fly, for comparison), AVERAGE (the model keeps its weights averaged over about
+# this many last epochs, default 4; 0 keeps the best epoch's). Any value of the printed plan can be fixed
 # from the environment (for every model trained), e.g. EPOCHS=40, or NET="--encoder_stride 32" TILE=128
 # EPOCHS=3 for the paper's HR-space U-Net (the epochs are planned for the --lr_space network, ~5x faster
 # per image). Unless EPOCHS is fixed, train.py fits the epochs to the time left (--minutes, re-planned from
@@ -24,7 +25,7 @@ SRC_DIR=$1 WORK=$2 CRAP_FUNC=$3 N_FRAMES=${4:-1}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"   # python -m utils.quick from any folder
 : "${PY:=$ROOT/.venv/bin/python}" "${MINUTES:=20}" "${SEED:=0}" "${ARCH:=resnet34}" "${TRAIN_EXTRA=}" "${LR_DIR:=}"
-: "${WARM:=0.5}" "${FRESH:=1}"
+: "${WARM:=0.5}" "${FRESH:=1}" "${AVERAGE:=4}"
 [[ $WARM =~ ^(0|1|0?\.[0-9]+)$ ]] || { echo "error: WARM must be a share of the budget from 0 to 1, not '$WARM'" >&2; exit 2; }
 if [ "$N_FRAMES" = 1 ]; then LR_TYPE=s; else : "${LR_TYPE:=t}"; fi
 # No SSIM term in a multi-frame run (either model): it cost the 5-frame model 0.17-0.30 dB on held-out movies.
@@ -75,7 +76,7 @@ train_model() {
     "$PY" "$ROOT/train.py" --datasetname "$DATASET" --data_path "$WORK/datasets" --model_dir "$WORK/models" \
         --save_name "$NAME" --lr_type "$lt" --n_frames "$nf" --arch "$ARCH" $NET --size "$TILE" \
         --tile_sz "$TILE" --bs "$BS" --workers "$WORKERS" --cycles "$EPOCHS" --lr_start "$LR" --lr "$LR" $LOSS \
-        "${FLY_ARGS[@]}" "${budget[@]}" --seed "$SEED" ${start:+--load_name "$start"} $TRAIN_EXTRA --force >&2
+        "${FLY_ARGS[@]}" "${budget[@]}" --average_epochs "$AVERAGE" --seed "$SEED" ${start:+--load_name "$start"} $TRAIN_EXTRA --force >&2
     echo "$name"
 }
 

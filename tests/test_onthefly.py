@@ -12,7 +12,7 @@ import torch
 
 import utils  # noqa: F401
 import train
-from utils.crappifiers import crappify, downsample, draw_strength, parse_strength
+from utils.crappifiers import crappify, downsample, draw_strength, parse_blur, parse_strength, probe_blur
 from utils.data import EDGE_P, edge_window, find_hr_tiles
 from utils.errors import PSSRError
 from utils.model import load_model
@@ -85,6 +85,25 @@ def test_lr_is_the_crappified_augmented_hr(hr_sets):
         assert np.array_equal(lr[0].numpy(), to_uint8(downsample(hr[0].numpy(), 4)) / np.float32(255))
 
 
+def test_probe_blur_blurs_the_lr_only(hr_sets):
+    """--crap_blur: the LR is sampled from the HR crop blurred with a sigma drawn per stack; the target stays sharp."""
+    items = [f for _, f in find_hr_tiles(hr_sets, "s_1_sample_hr", "s", 64, 1, 48).pairs["train"]]
+    sharp = FreshPairs(items, 1, 48, Draws("no_crap"))
+    blurred = FreshPairs(items, 1, 48, Draws("no_crap", blur=(1.5, 1.5)))
+    for i in range(3):
+        (lr0, hr0), (lr1, hr1) = sharp[i], blurred[i]
+        assert torch.equal(hr0, hr1)  # same crop, and no blur on the target
+        want = to_uint8(downsample(probe_blur(hr1.numpy(), 1.5)[0], 4)) / np.float32(255)
+        assert np.array_equal(lr1[0].numpy(), want) and not torch.equal(lr0, lr1)
+    # a range draws its sigma per tile: the same crops, each smoothed by its own amount
+    ranged = FreshPairs(items, 1, 48, Draws("no_crap", blur=(0.0, 1.5)))
+    ratios = [float(ranged[i][0].std() / sharp[i][0].std()) for i in range(4)]
+    assert all(r <= 1.001 for r in ratios) and len({round(r, 4) for r in ratios}) == 4, ratios
+    assert parse_blur("0,1.5") == (0.0, 1.5) and parse_blur(1) == (1.0, 1.0)
+    with pytest.raises(PSSRError, match="--crap_blur"):
+        parse_blur("1.5,0")
+
+
 def test_multi_frame_fresh_pairs(hr_sets):
     spec = find_hr_tiles(hr_sets / "mf", "t_5_sample_hr", "t", 64, 5, 64)
     dls = make_fly_dls([f for _, f in spec.pairs["train"]], [f for _, f in spec.pairs["valid"]], 5, 64,
@@ -137,10 +156,10 @@ def test_strength_scales_the_noise():
 def test_train_on_the_fly_end_to_end(hr_sets, tmp_path):
     train.main(datasetname="s_1_sample_hr", data_path=str(hr_sets), model_dir=str(tmp_path), save_name="fly",
                arch="resnet18", bs=4, size=64, tile_sz=64, cycles=1, lr=1e-3, attn=False, fp32=True,
-               crap_func="em_AG_D_sameas_preprint", crap_strength="0.5,2")
+               crap_func="em_AG_D_sameas_preprint", crap_strength="0.5,2", crap_blur="0,1")
     model, meta = load_model("s_1_fly_e1", tmp_path)
     assert meta["on_the_fly"] and meta["crap_func"] == "em_AG_D_sameas_preprint"
-    assert meta["crap_strength"] == [0.5, 2.0] and meta["max_rotate"] == 10
+    assert meta["crap_strength"] == [0.5, 2.0] and meta["crap_blur"] == [0.0, 1.0] and meta["max_rotate"] == 10
     assert isinstance(meta["beats_bilinear"], bool) and meta["bilinear_valid_loss"] > 0
     assert torch.load(tmp_path / "s_1_fly_e1.opt", weights_only=True)["hypers"]  # plain, safe to load
 
@@ -228,7 +247,7 @@ def test_quick_sh_end_to_end(sample_tree, tmp_path):
     assert name == "s_1_quick_em_AG_D_sameas_preprint_e1"
     _, meta = load_model(name, tmp_path / "work" / "models")
     assert meta["on_the_fly"] and meta["lr_space"] and meta["encoder_stride"] == 8 and meta["size"] == 128
-    assert meta["lr_head"] == "subpixel"
+    assert meta["lr_head"] == "subpixel" and meta["average_epochs"] == 4 and meta["crap_blur"] == [0, 0]
     assert meta["loss"] == "l1" and meta["ssim_weight"] == SSIM_WEIGHT > 0
     assert meta["load_name"] is None and "LR=0.01" in log
     assert "STRENGTH=0.2,2" in log  # no LR_DIR: 0.2-2x the paper's noise level

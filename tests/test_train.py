@@ -59,6 +59,21 @@ def run(data, model_dir, **kw):
     train.main(**opts)
 
 
+def run_interrupted(monkeypatch, epoch: int, data, model_dir, **kw) -> None:
+    """`run`, killed (KeyboardInterrupt) once epoch `epoch` is checkpointed."""
+    orig = training.EpochCheckpoint.after_epoch
+
+    def killed(self):
+        orig(self)
+        if self.epoch == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.EpochCheckpoint, "after_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(data, model_dir, **kw)
+    monkeypatch.setattr(training.EpochCheckpoint, "after_epoch", orig)
+
+
 def snapshot(d: Path) -> dict:
     return {p.name: p.stat().st_mtime_ns for p in d.iterdir()} if d.exists() else {}
 
@@ -198,16 +213,7 @@ def test_schedule_round_reads_its_own_data_set(data, tmp_path):
 
 def test_resume_after_interruption(data, tmp_path, monkeypatch):
     """Killed after epoch 1 of 2: the best model and the checkpoint survive; --resume trains only epoch 2."""
-    orig = training.EpochCheckpoint.after_epoch
-
-    def killed(self):
-        orig(self)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(training.EpochCheckpoint, "after_epoch", killed)
-    with pytest.raises(KeyboardInterrupt):
-        run(data, tmp_path, cycles=2)
-    monkeypatch.setattr(training.EpochCheckpoint, "after_epoch", orig)
+    run_interrupted(monkeypatch, 0, data, tmp_path, cycles=2)
     names = {p.name for p in tmp_path.iterdir()}
     assert "s_1_x_e2.ckpt" in names and "s_1_x_e2_best_32.pth" in names and "s_1_x_e2.pth" not in names
     with pytest.raises(PSSRError, match="--resume"):
@@ -221,6 +227,50 @@ def test_resume_after_interruption(data, tmp_path, monkeypatch):
     assert epochs == [0, 1]  # epoch 0 is skipped (no training), epoch 1 trained
     meta = json.loads((tmp_path / "s_1_x_e2.json").read_text())
     assert meta["epochs"] == 2 and not (tmp_path / "s_1_x_e2.ckpt").exists()
+
+
+def test_weight_average_is_an_exponential_moving_average():
+    """Every `every` steps the average moves towards the weights by every / (epochs x steps per epoch); integer
+    buffers are copied; the model gets the average when the fit ends."""
+    from types import SimpleNamespace
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    cb = training.WeightAverage(epochs=1)
+    cb.learn = SimpleNamespace(model=model, dls=SimpleNamespace(train=range(8)), training=True)
+    cb.before_fit()
+    assert cb.keep == pytest.approx(0.5)  # 4 steps of 8 per epoch
+    seen = []
+    for step in range(1, 13):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(step)
+        model[1].num_batches_tracked.fill_(step)
+        cb.after_batch()
+        if step % 4 == 0:
+            seen.append(step)
+    assert seen == [4, 8, 12]
+    want = (0.5 * 4 + 0.5 * 8) * 0.5 + 0.5 * 12  # started at step 4, then two updates of one half each
+    cb.after_fit()
+    assert all(torch.allclose(p, torch.full_like(p, want)) for p in model.parameters())
+    assert int(model[1].num_batches_tracked) == 12
+
+
+def test_average_epochs_end_to_end_and_resume(data, tmp_path, monkeypatch):
+    """--average_epochs: the final model holds the averaged weights (not the best epoch's), the .json says so,
+    and an interrupted run's checkpoint carries the average into --resume."""
+    run_interrupted(monkeypatch, 2, data, tmp_path, cycles=4, average_epochs=3)
+    ck = torch.load(tmp_path / "s_1_x_e4.ckpt", weights_only=True)
+    assert set(ck["average"]) == set(ck["model"])  # 6 steps of 2 per epoch: the average started at step 4
+    run(data, tmp_path, cycles=4, average_epochs=3, resume=True)
+    final, meta = load_model("s_1_x_e4", tmp_path)
+    best, _ = load_model("s_1_x_e4_best_32", tmp_path)
+    assert meta["average_epochs"] == 3 and meta["epochs"] == 4
+    assert any(not torch.equal(a, b) for a, b in zip(final.state_dict().values(), best.state_dict().values()))
+    from fastai.learner import load_learner  # our own files: each export holds its .pth's weights
+    for name, model in (("s_1_x_e4", final), ("s_1_x_e4_best_32", best)):
+        exported = load_learner(tmp_path / f"{name}.pkl").model.state_dict()
+        assert all(torch.equal(exported[k].float(), v.float()) for k, v in model.state_dict().items())
+    with pytest.raises(PSSRError, match="--average_epochs"):
+        run(data, tmp_path / "bad", average_epochs=-1)
 
 
 class FakeClock:
@@ -277,17 +327,7 @@ def test_minutes_shrinks_a_plan_that_does_not_fit(data, tmp_path, fake_clock):
 def test_minutes_resumes_with_what_was_left(data, tmp_path, fake_clock, monkeypatch):
     """Killed after epoch 2 of a --minutes run (100 s budget): --resume continues the schedule where it stopped
     and gets the 60 s the run had left, not a new budget: 5 epochs in all, the schedule completed."""
-    orig = training.EpochCheckpoint.after_epoch
-
-    def killed(self):
-        orig(self)
-        if self.epoch == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training.EpochCheckpoint, "after_epoch", killed)
-    with pytest.raises(KeyboardInterrupt):
-        run(data, tmp_path, cycles=5, minutes=100 / 60)
-    monkeypatch.setattr(training.EpochCheckpoint, "after_epoch", orig)
+    run_interrupted(monkeypatch, 1, data, tmp_path, cycles=5, minutes=100 / 60)
     before = list(fake_clock.lrs)
     fake_clock.now += 1000  # the machine was off for a while
     run(data, tmp_path, cycles=5, minutes=100 / 60, resume=True)

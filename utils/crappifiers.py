@@ -18,7 +18,8 @@ from skimage.transform import resize
 
 from .errors import PSSRError, fail
 
-__all__ = ["CRAPPIFIERS", "crappifier", "crappify", "downsample", "parse_strength", "draw_strength"]
+__all__ = ["CRAPPIFIERS", "crappifier", "crappify", "downsample", "parse_strength", "parse_blur", "draw_strength",
+           "probe_blur"]
 
 Crappifier = Callable[..., np.ndarray]
 CRAPPIFIERS: Dict[str, Crappifier] = {}
@@ -51,8 +52,8 @@ def crappify(name: str, img: np.ndarray, scale: int, rng: np.random.Generator, s
                         f"({e})") from None
 
 
-def parse_strength(value) -> Tuple[float, float]:
-    """`--crap_strength`: one level (`1`) or a range (`0.25,1.5`, a list from fire) of the paper's noise."""
+def _parse_range(value, flag: str, unit: str) -> Tuple[float, float]:
+    """One value (`1`) or a range (`0.25,1.5`, or a list from fire) as (lo, hi)."""
     try:
         parts = [float(v) for v in (str(value).strip("[]()").split(",") if not isinstance(value, (list, tuple))
                                     else value)]
@@ -61,8 +62,18 @@ def parse_strength(value) -> Tuple[float, float]:
     if len(parts) == 1:
         parts *= 2
     if len(parts) != 2 or not 0 <= parts[0] <= parts[1]:
-        fail(None, f"--crap_strength {value}: give one level or 'lo,hi' with 0 <= lo <= hi (1 = the paper's noise)")
+        fail(None, f"{flag} {value}: give one value or 'lo,hi' with 0 <= lo <= hi ({unit})")
     return parts[0], parts[1]
+
+
+def parse_strength(value) -> Tuple[float, float]:
+    """`--crap_strength`: one level (`1`) or a range (`0.25,1.5`) of the paper's noise."""
+    return _parse_range(value, "--crap_strength", "1 = the paper's noise")
+
+
+def parse_blur(value) -> Tuple[float, float]:
+    """`--crap_blur`: one probe-blur sigma or a range, in HR pixels (0 = the paper's point sampling)."""
+    return _parse_range(value, "--crap_blur", "Gaussian sigma in HR pixels; 0 = none, as the paper")
 
 
 def draw_strength(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -72,6 +83,14 @@ def draw_strength(rng: np.random.Generator, lo: float, hi: float) -> float:
     if lo == 0:
         return float(rng.uniform(0, hi))
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def probe_blur(frames: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of each HR frame before a crappifier samples it: a probe or pinhole wider than an HR pixel,
+    or a detector integrating while the beam moves, which the paper's point-sampling crappifiers leave out."""
+    if sigma <= 0:
+        return frames
+    return np.stack([ndimage.gaussian_filter(f, sigma, mode="reflect", truncate=3.0) for f in frames])
 
 
 def downsample(img: np.ndarray, scale: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 
-from .crappifiers import crappify, draw_strength
+from .crappifiers import crappify, draw_strength, probe_blur
 from .data import EDGE_P, affine_crop, dihedral, dihedral_matrix, edge_window, read_tile
 from .norm import to_uint8
 
@@ -69,6 +69,7 @@ class Draws:
     seed: int = 0
     max_rotate: float = 0.0  # HR rotation/zoom before crappifying (training pairs only; validation pairs
     max_zoom: float = 1.0    # are centre crops)
+    blur: Tuple[float, float] = (0.0, 0.0)  # probe blur sigma range in HR px, drawn uniformly per stack
 
 
 class FreshPairs:
@@ -96,8 +97,9 @@ class FreshPairs:
         else:
             hr = centre_crop(hr, self.size)
         s = draw_strength(rng, *d.strength)
+        src = probe_blur(hr, float(rng.uniform(*d.blur))) if d.blur[1] > 0 else hr  # no draw: old seeds hold
         # LR is stored as uint8 like real 8-bit scans and step-2 tiles, so both paths see the same quantization.
-        lr = np.stack([to_uint8(crappify(d.crap_func, f, d.scale, rng, s)) for f in hr]).astype(np.float32) / 255
+        lr = np.stack([to_uint8(crappify(d.crap_func, f, d.scale, rng, s)) for f in src]).astype(np.float32) / 255
         if self.train and self.n_frames > 1 and rng.random() < EDGE_P:
             lr = edge_window(lr, rng)
         c = self.n_frames // 2

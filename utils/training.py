@@ -34,7 +34,7 @@ from .speed import native_bf16
 __all__ = ["psnr", "ssim", "sr_metrics", "CPUFastPath", "add_precision", "unet_splitter", "BestModel",
            "EpochCheckpoint", "TimeBudget", "Stage", "Round", "read_schedule", "single_round", "lr_arg", "N_GROUPS",
            "ckpt_path", "read_ckpt", "unwrap", "plain_opt_state", "bilinear_baseline", "export_learner", "fit_rounds",
-           "plan_of"]
+           "plan_of", "WeightAverage"]
 
 
 def psnr(pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
@@ -267,20 +267,66 @@ class BestModel(SaveModelCallback):
         meta = {**self.meta, "epochs": self.epochs_done, "best_valid_loss": float(self.best)}
         self.last_saved_path = save_model(unwrap(self.model), meta, name, self.model_dir)
 
+    def saved(self) -> Optional[dict]:
+        """The best epoch's weights as written (None before the first)."""
+        pth = model_paths(self.fname, self.model_dir)["pth"]
+        return torch.load(pth, map_location="cpu", weights_only=True) if pth.exists() else None
+
     def after_fit(self, **kwargs):
         distrib_barrier()  # rank 0 has written the best weights: every rank loads the same ones
-        pth = model_paths(self.fname, self.model_dir)["pth"]
-        if pth.exists():
-            unwrap(self.model).load_state_dict(torch.load(pth, map_location="cpu", weights_only=True))
+        weights = self.saved()
+        if weights is not None:
+            unwrap(self.model).load_state_dict(weights)
+
+
+class WeightAverage(Callback):
+    """An exponential moving average of the weights over about the last `epochs` epochs of a stage, which
+    replaces the best epoch's weights when the fit ends. Single snapshots of a noisy fit scatter: on held-out
+    EM the average over ~4 epochs scored +0.00-0.03 dB over the best epoch of the same run, SSIM within 0.002
+    (README, "What to expect"). The buffers (BatchNorm statistics) are averaged alike."""
+    order = BestModel.order + 2  # its after_fit follows BestModel's reload of the best epoch
+    every = 4  # training steps between updates: each reads and writes every weight (~2% of a step on 2 cores)
+
+    def __init__(self, epochs: float, state: Optional[dict] = None):
+        self.epochs, self.avg, self.n = float(epochs), state, 0
+
+    def before_fit(self):
+        self.keep = 1 - self.every / max(self.every, self.epochs * len(self.dls.train))
+        if self.avg is not None:  # resumed: the checkpoint's average goes where the weights are
+            current = unwrap(self.model).state_dict()
+            self.avg = {k: v.to(current[k].device) for k, v in self.avg.items()}
+
+    @torch.no_grad()
+    def after_batch(self):
+        if not self.training or _skipped(self.learn):
+            return
+        self.n += 1
+        if self.n % self.every:
+            return
+        current = unwrap(self.model).state_dict()
+        if self.avg is None:
+            self.avg = {k: v.detach().clone() for k, v in current.items()}
+            return
+        for k, v in current.items():
+            if v.is_floating_point():
+                self.avg[k].lerp_(v, 1 - self.keep)
+            else:
+                self.avg[k].copy_(v)
+
+    def after_fit(self):
+        if self.avg is not None:
+            unwrap(self.model).load_state_dict(self.avg)
 
 
 class EpochCheckpoint(Callback):
-    """After every epoch, write `{name}.ckpt` (weights, optimizer, stage, epoch, best loss) so `--resume`
-    continues from the last completed epoch of the same command."""
+    """After every epoch, write `{name}.ckpt` (weights, optimizer, stage, epoch, best loss, the weight average)
+    so `--resume` continues from the last completed epoch of the same command."""
     order = BestModel.order + 1
 
-    def __init__(self, path: Path, step: int, plan: list, best: BestModel, budget: Optional["TimeBudget"] = None):
+    def __init__(self, path: Path, step: int, plan: list, best: BestModel, budget: Optional["TimeBudget"] = None,
+                 average: Optional[WeightAverage] = None):
         self.path, self.step, self.plan, self.best, self.budget = Path(path), step, plan, best, budget
+        self.average = average
 
     def after_epoch(self):
         if rank_distrib() or _skipped(self.learn):
@@ -288,7 +334,8 @@ class EpochCheckpoint(Callback):
         state = {"model": unwrap(self.model).state_dict(), "opt": plain_opt_state(self.opt.state_dict()),
                  "step": self.step, "epoch": self.epoch, "n_epoch": self.n_epoch, "best": float(self.best.best),
                  "epochs_done": self.best.epochs_done, "plan": self.plan,
-                 "budget": self.budget.snapshot() if self.budget else None}
+                 "budget": self.budget.snapshot() if self.budget else None,
+                 "average": self.average.avg if self.average else None}
         with atomic_path(self.path) as tmp:
             torch.save(state, tmp)
 
@@ -359,12 +406,21 @@ def read_ckpt(path: Path, plan: list) -> dict:
     return ck
 
 
-def export_learner(learn: Learner, dest: Path) -> None:
-    """fastai export (`.pkl`), written under a temporary name first."""
+def export_learner(learn: Learner, dest: Path, weights: Optional[dict] = None) -> None:
+    """fastai export (`.pkl`), written under a temporary name first; with `weights`, of those (the model keeps
+    its own)."""
     if rank_distrib():
         return
-    with atomic_path(dest) as tmp:
-        learn.export(Path(tmp).resolve())
+    model = unwrap(learn.model)
+    keep = {k: v.clone() for k, v in model.state_dict().items()} if weights is not None else None
+    try:
+        if weights is not None:
+            model.load_state_dict(weights)
+        with atomic_path(dest) as tmp:
+            learn.export(Path(tmp).resolve())
+    finally:
+        if keep is not None:
+            model.load_state_dict(keep)
 
 
 @torch.no_grad()
@@ -398,10 +454,13 @@ def _load_opt(learn: Learner, state: Optional[dict]) -> None:
 
 
 def fit_rounds(rounds: List[Round], make_learner, final_name: str, model_dir: Path, meta_of,
-               ckpt: Optional[dict] = None, opt_state: Optional[dict] = None) -> Tuple[Learner, int]:
+               ckpt: Optional[dict] = None, opt_state: Optional[dict] = None,
+               average_epochs: float = 0) -> Tuple[Learner, int]:
     """Run every stage of every round; each round keeps `{final_name}_best_{size}` and starts from the previous
-    round's best weights (the model object carries them over). `ckpt` resumes mid-run, `opt_state` comes
-    with `--load_name`. Returns the last learner and the epochs run (a stage with `minutes` decides its own)."""
+    round's best weights (the model object carries them over); with `average_epochs` each stage ends with
+    its weights averaged over about that many last epochs instead (`WeightAverage`). `ckpt` resumes mid-run,
+    `opt_state` comes with `--load_name`. Returns the last learner and the epochs run (a stage with `minutes`
+    decides its own)."""
     plan, step, learn, ran = plan_of(rounds), 0, None, 0
     ck_path = ckpt_path(final_name, model_dir)
     for rnd in rounds:
@@ -414,7 +473,7 @@ def fit_rounds(rounds: List[Round], make_learner, final_name: str, model_dir: Pa
         best = BestModel(f"{final_name}_best_{rnd.size}", model_dir, meta_of(rnd))
         learn.add_cb(best)
         for stage in rnd.stages:
-            start, budget_state = 0, None
+            start, budget_state, average_state = 0, None, None
             learn.freeze() if stage.freeze else learn.unfreeze()
             if ckpt is not None and step < ckpt["step"]:
                 step += 1
@@ -424,13 +483,15 @@ def fit_rounds(rounds: List[Round], make_learner, final_name: str, model_dir: Pa
                 unwrap(learn.model).load_state_dict(ckpt["model"])
                 _load_opt(learn, ckpt["opt"])
                 best.best, best.epochs_done, start = ckpt["best"], ckpt["epochs_done"], ckpt["epoch"] + 1
-                budget_state = ckpt.get("budget")
+                budget_state, average_state = ckpt.get("budget"), ckpt.get("average")
                 ckpt = None
             elif step == first == 0 and opt_state is not None:
                 _load_opt(learn, opt_state)
             budget = (TimeBudget(stage.minutes, stage.epochs, MAX_EPOCHS * stage.epochs, budget_state)
                       if stage.minutes else None)
-            cbs = [EpochCheckpoint(ck_path, step, plan, best, budget)] + ([budget] if budget else [])
+            average = WeightAverage(average_epochs, average_state) if average_epochs else None
+            cbs = ([EpochCheckpoint(ck_path, step, plan, best, budget, average)] + ([budget] if budget else [])
+                   + ([average] if average else []))
             # SyncBatchNorm is CUDA-only; CPU processes (gloo) keep plain BatchNorm, and need accelerate's `cpu`:
             # without it, on a machine without CUDA, accelerate sees no distributed run and wraps nothing.
             cpu = learn.dls.device.type != "cuda"
@@ -443,5 +504,5 @@ def fit_rounds(rounds: List[Round], make_learner, final_name: str, model_dir: Pa
             learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, fastai.distributed.DistributedTrainer)])
             step += 1
         learn.remove_cb(best)
-        export_learner(learn, model_paths(best.fname, model_dir)["pkl"])
+        export_learner(learn, model_paths(best.fname, model_dir)["pkl"], best.saved() if average_epochs else None)
     return learn, ran
