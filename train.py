@@ -139,6 +139,8 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
         fail(schedule, "--minutes fits one training stage to the time; a --schedule has its own epochs per round")
     strength, blur_range = parse_strength(crap_strength), parse_blur(crap_blur)
     fly = crap_func is not None
+    if not fly and (strength != (1.0, 1.0) or blur_range != (0.0, 0.0)):
+        fail(None, "--crap_strength and --crap_blur act on pairs crappified on the fly: give --crap_func too")
     max_rotate = (MAX_ROTATE if fly else 0.0) if max_rotate is None else float(max_rotate)
     max_zoom = (MAX_ZOOM if fly else 1.0) if max_zoom is None else float(max_zoom)
     encoder_stride = int(encoder_stride or (16 if lr_space else 32))

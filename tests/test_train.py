@@ -271,6 +271,8 @@ def test_average_epochs_end_to_end_and_resume(data, tmp_path, monkeypatch):
         assert all(torch.equal(exported[k].float(), v.float()) for k, v in model.state_dict().items())
     with pytest.raises(PSSRError, match="--average_epochs"):
         run(data, tmp_path / "bad", average_epochs=-1)
+    with pytest.raises(PSSRError, match="give --crap_func"):  # pre-made pairs: nothing to blur
+        run(data, tmp_path / "bad", crap_blur="0,1")
 
 
 class FakeClock:
