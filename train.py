@@ -116,7 +116,8 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     many epochs as fit (re-planned after each from the measured epoch time; --cycles is the first plan, at most
     4x it run); the one-cycle schedule ends with the last of them. The model is then named without `_e{epochs}`
     (its .json says how many ran). average_epochs: the model keeps its weights averaged (exponentially) over
-    about this many last epochs instead of the best epoch's (utils.training.WeightAverage; not in the paper)."""
+    about this many last epochs instead of the best epoch's, unless the average validates more than 1% worse
+    (utils.training.WeightAverage, keep_better; not in the paper); its .json's final_weights says which."""
     if datasetname is None:
         fail(None, "--datasetname is required (a folder of --data_path written by tile_from_info.py)")
     if lr_type not in ("s", "t", "z"):
@@ -208,8 +209,9 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     def meta_of(rnd):
         return {**base_meta, "size": rnd.size, "tile_sz": rnd.tile_sz, "precision": precision[-1]}
 
-    learn, ran = fit_rounds(rounds, make_learner, final, model_dir, meta_of, ckpt, opt_state, average_epochs)
-    finish(learn, {**meta_of(rounds[-1]), "epochs": ran}, final, model_dir)  # every rank: validate() gathers
+    learn, ran, kept = fit_rounds(rounds, make_learner, final, model_dir, meta_of, ckpt, opt_state, average_epochs)
+    # every rank: validate() gathers
+    finish(learn, {**meta_of(rounds[-1]), "epochs": ran, "final_weights": kept}, final, model_dir)
 
 
 def runtime() -> dict:

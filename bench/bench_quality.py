@@ -3,7 +3,7 @@ training never saw, against bilinear upsampling of the same LR, with paired t-te
 
     python bench/bench_quality.py [--variants quick,fixed_pairs] [--minutes 20] [--work bench/out/quality] [--isbi TIF]
                                   [--reuse] [--train_slices 20]
-    python bench/bench_quality.py --movies DIR|synthetic|nuclei [--minutes 20]  # fluorescence time-lapse, 5 vs 1 frame
+    python bench/bench_quality.py --movies DIR|synthetic|nuclei|zeiss [--minutes 20]  # fluorescence, 5 vs 1 frame
 
 EM (default): the ISBI 2012 ssTEM volume in ../shared/data/em_isbi2012 (30 x 512², 4 nm pixels): slices 0-19 are
 the training source, 20-23 its validation split, 24-29 the test set. Test LR: `scan`, written here and unlike
@@ -16,7 +16,8 @@ three or more, the last is the test movie, the one before it validation, the res
 split in time (the last 20% of the frames test, the 10% before them validation, at least 5 frames each).
 `synthetic` generates seeded movies of drifting mitochondria (utils.sample_data) where no real one is at hand;
 `nuclei` a small source like a lab's first time-lapse: one 130² x 30-frame movie of slowly moving nuclei to train
-on, a 130² x 10 one for validation and a held-out 256² x 20 one to test.
+on, a 130² x 10 one for validation and a held-out 256² x 20 one to test. `zeiss`: real fluorescence z-stacks
+(../shared/data/czi_zeiss, zeiss_stacks), the 5-frame model on 5 neighbouring slices (LR_TYPE z).
 quick.sh trains the 5-frame and the 1-frame model; test LR: `shot` (low dose: PSF blur sigma 1 HR px, 4x point
 sampling, Poisson noise at 30 photons for white over 2 of background, read noise 1.5 photons, stored as uint16
 counts as a detector gives them), `mild` (the same at 300 photons, read noise 3) and `fluo`, the paper's
@@ -54,6 +55,7 @@ from utils.sources import find_images, open_source  # noqa: E402
 from utils.testset import read_stack  # noqa: E402
 
 ISBI = ROOT.parent / "shared" / "data" / "em_isbi2012" / "isbi2012_train.tif"
+ZEISS = ROOT.parent / "shared" / "data" / "czi_zeiss"
 # name: settings fixed for quick.sh (environment variables; see recipes/quick.sh)
 VARIANTS = {
     "quick": {},
@@ -128,12 +130,15 @@ class Bench:
     degradations: Dict[str, Degradation]
     src: str = ""  # quick.sh's SRC_DIR under data/src
     foreign: Dict[str, Degradation] = field(default_factory=dict)  # more test LR, written when missing
+    env: Dict[str, str] = field(default_factory=dict)  # quick.sh settings of every variant
 
 
 EM = Bench("em_AG_D_sameas_preprint", (1,), {"scan": degrade_scan, "em": crappified("em_AG_D_sameas_preprint")},
            foreign=FOREIGN_EM)
 FLUO = Bench("new_crap_AG_SP", (5, 1), {"shot": shot(30, 1.5), "mild": shot(300, 3.0),
                                          "fluo": crappified("new_crap_AG_SP")}, src="live")
+# Real z-stacks: the 5-frame model reads 5 neighbouring slices (the paper's multi-frame in z).
+FLUO_Z = Bench(FLUO.crap_func, FLUO.n_frames, FLUO.degradations, src="zstack", env={"LR_TYPE": "z"})
 
 
 def write_test_set(data: Path, gts: Dict[str, np.ndarray], bench: Bench, seed: int,
@@ -238,16 +243,35 @@ def split_movies(movies: dict) -> Tuple[dict, dict, dict]:
     return parts
 
 
+def zeiss_stacks(folder: Path = ZEISS) -> Tuple[dict, dict, dict]:
+    """(train, valid, test) real fluorescence z-stacks from Zeiss's CellDivision CZIs (../shared), one per
+    channel and time point: chromosomes (file 1, channel 0) t0-t1 and the spindle (channel 1) t0-t2 train,
+    chromosomes t2 validate, and the deconvolved interphase nucleus of file 2, t0-t2, is the test: a
+    structure training never saw."""
+    def stacks(label: str, name: str, c: int, ts) -> dict:
+        with open_source(folder / name) as src:
+            return {f"{label}_t{t}": (np.stack([src.read(c, z, t) for z in range(src.nz)]), src.pixel_size)
+                    for t in ts}
+    mitosis, nucleus = "CellDivision_T3_Z5_CH2_X240_Y170_comp1.czi", "CellDivision_T3_Z6_CH1_X300_Y200_DCV_ZSTD.czi"
+    return ({**stacks("chromosomes", mitosis, 0, (0, 1)), **stacks("spindle", mitosis, 1, (0, 1, 2))},
+            stacks("chromosomes", mitosis, 0, (2,)), stacks("nucleus", nucleus, 0, (0, 1, 2)))
+
+
+def fluo_bench(movies: str) -> Bench:
+    return FLUO_Z if movies == "zeiss" else FLUO
+
+
 def make_fluo_data(work: Path, movies: str) -> Path:
-    """Step-1 source tree (a `live` folder: stack pages are time points) and test sets under WORK/data."""
-    data = work / "data"
+    """Step-1 source tree and test sets under WORK/data: time-lapses in a `live` folder (stack pages are time
+    points), `zeiss` z-stacks in a `zstack` one (pages are slices)."""
+    data, bench = work / "data", fluo_bench(movies)
     if (data / "done").exists():
         return data
-    train, valid, test = split_movies(read_movies(movies))
+    train, valid, test = zeiss_stacks() if movies == "zeiss" else split_movies(read_movies(movies))
     for split, part in (("train", train), ("valid", valid)):
         for name, (m, px) in part.items():
-            save_unlabelled_stack(data / "src/live/fluo" / split / f"{name}.tif", m, px)
-    write_test_set(data, {n: m for n, (m, _) in test.items()}, FLUO, 99,
+            save_unlabelled_stack(data / "src" / bench.src / "fluo" / split / f"{name}.tif", m, px)
+    write_test_set(data, {n: m for n, (m, _) in test.items()}, bench, 99,
                    lambda m: normalize(m.astype(np.float32), *percentiles(m)))
     (data / "done").touch()
     return data
@@ -256,7 +280,7 @@ def make_fluo_data(work: Path, movies: str) -> Path:
 def run_quick(data: Path, out: Path, bench: Bench, n_frames: int, env: dict, minutes: float) -> tuple:
     """(model name, seconds) of one quick.sh run; its log goes to OUT/quick.log."""
     t0 = time.time()
-    env = {k: v.format(data=data) for k, v in env.items()}
+    env = {k: v.format(data=data) for k, v in {**bench.env, **env}.items()}
     with open(out / "quick.log", "w") as log:
         r = subprocess.run(["bash", str(ROOT / "recipes" / "quick.sh"), str(data / "src" / bench.src), str(out),
                             bench.crap_func, str(n_frames)], stdout=subprocess.PIPE, stderr=log, text=True,
@@ -321,7 +345,7 @@ def main(variants: str = "quick", minutes: float = 20, work: str = "bench/out/qu
          movies: Optional[str] = None, reuse: bool = False, train_slices: int = 20) -> None:
     """Run each variant of quick.sh and score it. --isbi points at the EM volume where ../shared is elsewhere,
     --train_slices N trains on its first N slices only (default all 20);
-    --movies DIR (or `synthetic`, `nuclei`) benchmarks fluorescence time-lapses instead (module docstring). --reuse
+    --movies DIR (or `synthetic`, `nuclei`, `zeiss`) benchmarks fluorescence instead (module docstring). --reuse
     scores the model a variant's folder already holds instead of training again (test sets added since, or a
     run cut off while scoring); its minutes are then left blank."""
     names = list(variants) if isinstance(variants, (list, tuple)) else [v for v in str(variants).split(",") if v]
@@ -330,7 +354,7 @@ def main(variants: str = "quick", minutes: float = 20, work: str = "bench/out/qu
         fail(None, f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     work = Path(work).resolve()
     if movies:
-        bench, data = FLUO, make_fluo_data(work, str(movies))
+        bench, data = fluo_bench(str(movies)), make_fluo_data(work, str(movies))
     else:
         if not Path(isbi).is_file():
             fail(isbi, "real EM volume not found (../shared/data/em_isbi2012, or give --isbi)")

@@ -12,12 +12,13 @@
 # Settings (utils/quick.py explains each): MINUTES (whole script, default 20), SEED, PY, ARCH,
 # TRAIN_EXTRA (more train.py options), LR_TYPE (t or z for N_FRAMES 5, default t), FRESH=0 (crappify
 # once in step 2 instead of on the fly, for comparison), AVERAGE (the model keeps its weights averaged over about
-# this many last epochs, default 4; 0 keeps the best epoch's). Any value of the printed plan can be fixed
-# from the environment (for every model trained), e.g. EPOCHS=40, or NET="--encoder_stride 32" TILE=128
-# EPOCHS=3 for the paper's HR-space U-Net (the epochs are planned for the --lr_space network, ~5x faster
-# per image). Unless EPOCHS is fixed, train.py fits the epochs to the time left (--minutes, re-planned from
-# each epoch's measured time) and the models are named without `_e{epochs}`; a fixed EPOCHS runs exactly
-# that many (the same seed then gives the same model on one machine) and names them `..._e{EPOCHS}`.
+# this many last epochs where they validate within 1% of the best epoch, default 4; 0 keeps the best epoch's).
+# Any value of the printed plan can be fixed from the environment (for every model trained), e.g. EPOCHS=40,
+# or NET="--encoder_stride 32" TILE=128 EPOCHS=3 for the paper's HR-space U-Net (the epochs are planned for the
+# --lr_space network, ~5x faster per image). Unless EPOCHS is fixed, train.py fits the epochs to the time left
+# (--minutes, re-planned from each epoch's measured time) and the models are named without `_e{epochs}`; a
+# fixed EPOCHS runs exactly that many (the same seed then gives the same model on one machine) and names them
+# `..._e{EPOCHS}`.
 set -euo pipefail
 shopt -s inherit_errexit  # a failing step inside $(train_model ...) stops the script too
 [ $# -ge 3 ] || { echo "usage: recipes/quick.sh SRC_DIR WORK_DIR CRAP_FUNC [N_FRAMES]" >&2; exit 2; }

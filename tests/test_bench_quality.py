@@ -144,3 +144,22 @@ def test_variant_paths_point_into_the_bench_data(tmp_path, monkeypatch):
     monkeypatch.setattr(bq.subprocess, "run", fake_run)
     name, _ = bq.run_quick(tmp_path / "data", tmp_path, bq.EM, 1, bq.VARIANTS["lr_dir_dose20"], 1)
     assert name == "s_1_quick_x_e2" and seen["LR_DIR"] == str(tmp_path / "data/test/lr_dose20")
+    seen.clear()
+    bq.run_quick(tmp_path / "data", tmp_path, bq.FLUO_Z, 5, {"LR_TYPE": "t", "ARCH": "resnet18"}, 1)
+    assert seen["ARCH"] == "resnet18" and seen["LR_TYPE"] == "t"  # a variant's settings win over the bench's
+    bq.run_quick(tmp_path / "data", tmp_path, bq.FLUO_Z, 5, {}, 1)
+    assert seen["LR_TYPE"] == "z"
+
+
+@pytest.mark.skipif(not bq.ZEISS.is_dir(), reason="../shared/data/czi_zeiss is absent")
+def test_zeiss_z_stacks_train_on_mitosis_and_test_on_an_unseen_nucleus(tmp_path):
+    """`--movies zeiss`: one z-stack per channel and time point of the real CZIs, in a folder whose stack
+    pages are slices (not `live`); the test stacks come from the other file."""
+    data = bq.make_fluo_data(tmp_path, "zeiss")
+    assert sorted(p.relative_to(data / "src/zstack/fluo").as_posix() for p in (data / "src").rglob("*.tif")) == [
+        "train/chromosomes_t0.tif", "train/chromosomes_t1.tif", "train/spindle_t0.tif", "train/spindle_t1.tif",
+        "train/spindle_t2.tif", "valid/chromosomes_t2.tif"]
+    assert tifffile.imread(data / "src/zstack/fluo/train/spindle_t2.tif").shape == (5, 170, 240)
+    assert sorted(p.name for p in (data / "test/gt").iterdir()) == ["nucleus_t0.tif", "nucleus_t1.tif",
+                                                                      "nucleus_t2.tif"]
+    assert tifffile.imread(data / "test/lr_shot/nucleus_t1.tif").shape == (6, 50, 75)

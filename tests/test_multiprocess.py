@@ -81,14 +81,16 @@ def test_two_process_training(tmp_path):
     r = launch(wrapper(tmp_path / "train_spy.py", spy, "train"), "--datasetname", "s_1_tiny_new_crap_AG_SP",
                "--data_path", tmp_path / "data", "--model_dir", tmp_path / "models", "--arch", "resnet18",
                "--bs", 2, "--size", 32, "--tile_sz", 64, "--lr", 1e-3, "--noattn", "--fp32", "--encoder_stride", 16,
-               "--cycles", 1, "--save_name", "mp")
+               "--cycles", 2, "--save_name", "mp", "--average_epochs", 1)
     assert r.returncode == 0, r.stderr[-3000:]
     # both ranks train a DDP model, each on half of the 8 tiles in batches of --bs 2 (per process)
     assert "rank 0/2: DistributedDataParallel, 2 batches" in r.stdout, r.stdout[-2000:]
     assert "rank 1/2: DistributedDataParallel, 2 batches" in r.stdout
     assert r.stdout.count("valid PSNR") == 1  # rank 0 alone reports and writes the model
-    model, meta = load_model("s_1_mp_e1", tmp_path / "models")
-    assert meta["epochs"] == 1 and not list((tmp_path / "models").glob(".*.tmp"))
+    assert r.stdout.count("weight average:") == 1  # after 4 steps: one decision on every rank, reported once
+    model, meta = load_model("s_1_mp_e2", tmp_path / "models")
+    assert meta["epochs"] == 2 and not list((tmp_path / "models").glob(".*.tmp"))
+    assert meta["final_weights"] in ("average", "best_epoch")
 
 
 # --------------------------------------------------------------------------- step 2

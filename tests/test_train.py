@@ -254,17 +254,38 @@ def test_weight_average_is_an_exponential_moving_average():
     assert int(model[1].num_batches_tracked) == 12
 
 
+def test_keep_better_keeps_the_average_only_where_it_validates_no_worse(tmp_path):
+    """The averaged weights stay when their validation loss is at most 1% above the best epoch's; otherwise
+    the best epoch's saved weights come back."""
+    from types import SimpleNamespace
+    saved = {"weight": torch.full((2, 2), 7.0), "bias": torch.zeros(2)}
+    for loss, kept in ((0.5, True), (1.0, True), (1.009, True), (1.011, False), (1.5, False)):
+        model = torch.nn.Linear(2, 2)
+        average = {k: v.clone() for k, v in model.state_dict().items()}
+        learn = SimpleNamespace(model=model, validate=lambda loss=loss: [loss, 0.0, 0.0])
+        best = SimpleNamespace(best=1.0, saved=lambda: saved)
+        assert training.keep_better(learn, best) is kept
+        want = average if kept else saved
+        assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+
+
 def test_average_epochs_end_to_end_and_resume(data, tmp_path, monkeypatch):
-    """--average_epochs: the final model holds the averaged weights (not the best epoch's), the .json says so,
-    and an interrupted run's checkpoint carries the average into --resume."""
+    """--average_epochs: the final model holds the averaged weights where they validate no worse than the best
+    epoch's, the .json says which it holds, and an interrupted run's checkpoint carries the average into
+    --resume."""
     run_interrupted(monkeypatch, 2, data, tmp_path, cycles=4, average_epochs=3)
     ck = torch.load(tmp_path / "s_1_x_e4.ckpt", weights_only=True)
     assert set(ck["average"]) == set(ck["model"])  # 6 steps of 2 per epoch: the average started at step 4
+    chosen = []
+    monkeypatch.setattr(training, "keep_better", lambda learn, best, f=training.keep_better:
+                        chosen.append(f(learn, best)) or chosen[-1])
     run(data, tmp_path, cycles=4, average_epochs=3, resume=True)
     final, meta = load_model("s_1_x_e4", tmp_path)
     best, _ = load_model("s_1_x_e4_best_32", tmp_path)
-    assert meta["average_epochs"] == 3 and meta["epochs"] == 4
-    assert any(not torch.equal(a, b) for a, b in zip(final.state_dict().values(), best.state_dict().values()))
+    assert meta["average_epochs"] == 3 and meta["epochs"] == 4 and len(chosen) == 1
+    assert meta["final_weights"] == ("average" if chosen[0] else "best_epoch")
+    same = all(torch.equal(a, b) for a, b in zip(final.state_dict().values(), best.state_dict().values()))
+    assert same != chosen[0]
     from fastai.learner import load_learner  # our own files: each export holds its .pth's weights
     for name, model in (("s_1_x_e4", final), ("s_1_x_e4_best_32", best)):
         exported = load_learner(tmp_path / f"{name}.pkl").model.state_dict()
@@ -273,6 +294,21 @@ def test_average_epochs_end_to_end_and_resume(data, tmp_path, monkeypatch):
         run(data, tmp_path / "bad", average_epochs=-1)
     with pytest.raises(PSSRError, match="give --crap_func"):  # pre-made pairs: nothing to blur
         run(data, tmp_path / "bad", crap_blur="0,1")
+
+
+def test_an_average_worse_than_the_best_epoch_is_not_kept(data, tmp_path, monkeypatch):
+    """An average that validates worse (here: weights ruined at the end of the fit) gives way to the best
+    epoch, and the .json says so."""
+    def ruined(self):
+        with torch.no_grad():
+            for p in training.unwrap(self.model).parameters():
+                p.add_(torch.randn_like(p))
+    monkeypatch.setattr(training.WeightAverage, "after_fit", ruined)
+    run(data, tmp_path, cycles=2, average_epochs=1)
+    final, meta = load_model("s_1_x_e2", tmp_path)
+    best, _ = load_model("s_1_x_e2_best_32", tmp_path)
+    assert meta["final_weights"] == "best_epoch"
+    assert all(torch.equal(a, b) for a, b in zip(final.state_dict().values(), best.state_dict().values()))
 
 
 class FakeClock:
