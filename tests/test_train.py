@@ -254,7 +254,7 @@ def test_weight_average_is_an_exponential_moving_average():
     assert int(model[1].num_batches_tracked) == 12
 
 
-def test_keep_better_keeps_the_average_only_where_it_validates_no_worse(tmp_path):
+def test_keep_better_keeps_the_average_only_within_1_percent_of_the_best_epoch():
     """The averaged weights stay when their validation loss is at most 1% above the best epoch's; otherwise
     the best epoch's saved weights come back."""
     from types import SimpleNamespace
@@ -270,7 +270,7 @@ def test_keep_better_keeps_the_average_only_where_it_validates_no_worse(tmp_path
 
 
 def test_average_epochs_end_to_end_and_resume(data, tmp_path, monkeypatch):
-    """--average_epochs: the final model holds the averaged weights where they validate no worse than the best
+    """--average_epochs: the final model holds the averaged weights where they validate within 1% of the best
     epoch's, the .json says which it holds, and an interrupted run's checkpoint carries the average into
     --resume."""
     run_interrupted(monkeypatch, 2, data, tmp_path, cycles=4, average_epochs=3)
