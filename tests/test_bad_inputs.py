@@ -636,15 +636,21 @@ def test_ctrl_c_is_one_line_too(tmp_path):
     info = small_info(tmp_path)
     root = tmp_path / "ds" / "s_1_i_no_crap"
     # 50000 tiles take minutes to write: the signal always lands mid-run (5000 sometimes finished first under load).
-    p = subprocess.Popen([sys.executable, "tile_from_info.py", "--out", tmp_path / "ds", "--info", info, "--tile", "64",
-                          "--n_train", "50000", "--n_valid", "1"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
+    # faulthandler: should it hang (once in a loaded CI run, never reproduced), SIGABRT prints where it was.
+    p = subprocess.Popen([sys.executable, "-X", "faulthandler", "tile_from_info.py", "--out", tmp_path / "ds",
+                          "--info", info, "--tile", "64", "--n_train", "50000", "--n_valid", "1"], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and next(root.rglob("*.tif"), None) is None and p.poll() is None:
             time.sleep(0.05)
         p.send_signal(signal.SIGINT)
-        err = p.communicate(timeout=60)[1]
+        try:
+            err = p.communicate(timeout=60)[1]
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGABRT)
+            stacks = p.communicate(timeout=30)[1][-3000:]
+            pytest.fail(f"tile_from_info.py still ran 60 s after Ctrl-C; its stacks:\n{stacks}")
     finally:
         p.kill()
     assert not (root / "dataset.json").exists(), "the run finished before the signal"
