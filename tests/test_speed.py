@@ -167,4 +167,14 @@ def test_predictor_optimized_equals_plain():
                                           ({"neon": True, "bf16": True}, True), ({}, False)])
 def test_native_bf16_reads_the_cpus_features(monkeypatch, caps, native):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert native_bf16() == native
+
+
+@pytest.mark.parametrize("isa, native", [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", True),
+                                         ("AVX512_CORE_AMX", True), ("ALL", True), ("", True)])
+def test_native_bf16_heeds_onednns_isa_cap(monkeypatch, isa, native):
+    """A bf16 CPU whose oneDNN is capped below bf16 (ONEDNN_MAX_CPU_ISA) emulates it: train in fp32 there."""
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
     assert native_bf16() == native
