@@ -9,7 +9,8 @@ EM (default): the ISBI 2012 ssTEM volume in ../shared/data/em_isbi2012 (30 x 512
 the training source, 20-23 its validation split, 24-29 the test set. Test LR: `scan`, written here and unlike
 every crappifier (probe blur sigma 1 HR px, 4x point sampling, Poisson noise at 50 photons for white plus Gaussian
 read noise 0.01), `em`, the paper's EM crappifier that training uses, and FOREIGN_EM: LR made the way others
-make it (another sampling phase, an integrating detector, anti-aliased rescaling, lower dose, white noise).
+make it (another sampling phase, an integrating detector, anti-aliased rescaling, lower dose, white noise, a
+detector whose bandwidth smooths along the scan lines).
 
 Fluorescence (`--movies`): time-lapse TIFF/CZI files (2D + t; the first channel and middle slice are used). With
 three or more, the last is the test movie, the one before it validation, the rest training; with fewer, each is
@@ -42,7 +43,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tifffile  # noqa: E402
 from scipy import stats  # noqa: E402
-from scipy.ndimage import gaussian_filter  # noqa: E402
+from scipy.ndimage import gaussian_filter, gaussian_filter1d, shift  # noqa: E402
+from scipy.signal import lfilter  # noqa: E402
 from skimage.transform import rescale  # noqa: E402
 
 from utils.crappifiers import crappify, downsample  # noqa: E402
@@ -75,17 +77,25 @@ VARIANTS = {
     "no_rotate_zoom": {"TRAIN_EXTRA": "--max_rotate 0 --max_zoom 1"},
     # a probe blur drawn per tile before crappifying (sigma 0-1.5 HR px; the paper's crappifiers sample points)
     "blur": {"TRAIN_EXTRA": "--crap_blur 0,1.5"},
+    # a fast scan's detector bandwidth: the LR smoothed along x (sigma 0-1 LR px per tile) after crappifying
+    "bandwidth": {"BANDWIDTH": "0,1"},
     # a lab's real LR scans (no ground truth) centre the noise range: here the noisiest test set's LR (the
     # others measure 1.0-1.1x the crappifier's level; README), {data} being the bench's data folder
     "lr_dir_dose20": {"LR_DIR": "{data}/test/lr_dose20"},
+    "lr_dir_lines": {"LR_DIR": "{data}/test/lr_lines"},  # LR smoothed along x: sets BANDWIDTH too
 }
 Degradation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 SCALE = 4  # every test degradation samples 1 pixel in 4 along each axis
 
 
+def counts(lr: np.ndarray, rng: np.random.Generator, photons: float = 50) -> np.ndarray:
+    """Poisson noise at `photons` for white plus Gaussian read noise 0.01, float."""
+    return rng.poisson(np.clip(lr, 0, 1) * photons) / photons + rng.normal(0, 0.01, lr.shape)
+
+
 def counted(lr: np.ndarray, rng: np.random.Generator, photons: float = 50) -> np.ndarray:
-    """Poisson noise at `photons` for white plus Gaussian read noise 0.01, as uint8."""
-    return to_uint8(np.clip(rng.poisson(np.clip(lr, 0, 1) * photons) / photons + rng.normal(0, 0.01, lr.shape), 0, 1))
+    """`counts` as uint8."""
+    return to_uint8(np.clip(counts(lr, rng, photons), 0, 1))
 
 
 def degrade_scan(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -97,7 +107,10 @@ def degrade_scan(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 # each 4x4 block, `stride` takes its corner (hr[::4, ::4], 1.5 HR px off), `area` integrates the block (a
 # slow detector), `aa` is scikit-image's rescale with its default anti-aliasing; `dose20` is `scan` at 20
 # photons, `gauss` white Gaussian noise (sigma 0.08) on the downsampled image, `clean` the scan without noise
-# (quick.sh's noise range stops at 0.2x: does a model smooth away detail that noise-free LR carries?).
+# (quick.sh's noise range stops at 0.2x: does a model smooth away detail that noise-free LR carries?). A fast
+# scan's detector chain smooths along the fast axis (x), signal and noise alike: `lines` is `scan` through a
+# zero-phase Gaussian response (sigma 0.7 LR px) with an offset per line, `rc` through a first-order (RC)
+# response (time constant 0.7 LR px) whose lag is shifted back, as a scanner's delay compensation does.
 FOREIGN_EM = {
     "stride": lambda hr, rng: counted(gaussian_filter(hr, 1.0)[::4, ::4], rng),
     "area": lambda hr, rng: counted(hr.reshape(hr.shape[0] // 4, 4, hr.shape[1] // 4, 4).mean((1, 3)), rng),
@@ -105,7 +118,26 @@ FOREIGN_EM = {
     "dose20": lambda hr, rng: counted(downsample(gaussian_filter(hr, 1.0), 4), rng, 20),
     "gauss": lambda hr, rng: to_uint8(np.clip(downsample(hr, 4) + rng.normal(0, 0.08, np.shape(hr[::4, ::4])), 0, 1)),
     "clean": lambda hr, rng: to_uint8(downsample(gaussian_filter(hr, 1.0), 4)),
+    "lines": lambda hr, rng: scan_lines(hr, rng),
+    "rc": lambda hr, rng: scan_rc(hr, rng),
 }
+
+
+def scan_lines(hr: np.ndarray, rng: np.random.Generator, bandwidth: float = 0.7, jitter: float = 0.02) -> np.ndarray:
+    """`scan`'s counts smoothed along x by a Gaussian of sigma `bandwidth` LR px, plus an offset of sigma
+    `jitter` per line; uint8."""
+    c = counts(downsample(gaussian_filter(hr, 1.0), 4), rng)
+    lined = gaussian_filter1d(c, bandwidth, axis=1, mode="reflect") + rng.normal(0, jitter, (c.shape[0], 1))
+    return to_uint8(np.clip(lined, 0, 1))
+
+
+def scan_rc(hr: np.ndarray, rng: np.random.Generator, tau: float = 0.7) -> np.ndarray:
+    """`scan`'s counts through a first-order low-pass along x (time constant `tau` LR px), its mean lag
+    shifted back (cubic); uint8."""
+    c = counts(downsample(gaussian_filter(hr, 1.0), 4), rng)
+    a = np.exp(-1 / tau)
+    y, _ = lfilter([1 - a], [1, -a], c, axis=1, zi=c[:, :1] * a)  # settled on each line's first value
+    return to_uint8(np.clip(shift(y, (0, -a / (1 - a)), order=3, mode="nearest"), 0, 1))
 
 
 def shot(photons: float, read: float) -> Degradation:

@@ -2,7 +2,8 @@
 # Day one for a new lab: steps 1-3 on your own high-resolution data, within a time budget.
 #
 #   recipes/quick.sh SRC_DIR WORK_DIR CRAP_FUNC [N_FRAMES]
-#   LR_DIR=folder_of_real_LR_scans recipes/quick.sh ...   # match the crappifier's noise to yours
+#   LR_DIR=folder_of_real_LR_scans recipes/quick.sh ...   # match the crappifier's noise (and scan-line
+#                                                          # smoothing, a detector's bandwidth) to yours
 #
 # SRC_DIR is a step-1 source tree (<category>/{train,valid}/*.tif|czi); N_FRAMES 5 trains the paper's
 # multi-frame model on time-lapses, started from a 1-frame model trained first on the same frames (WARM
@@ -14,6 +15,7 @@
 # once in step 2 instead of on the fly, for comparison), AVERAGE (the model keeps its weights averaged over about
 # this many last epochs where they validate within 1% of the best epoch, default 4; 0 keeps the best epoch's).
 # Any value of the printed plan can be fixed from the environment (for every model trained), e.g. EPOCHS=40,
+# BANDWIDTH=0,1 (LR smoothed along its scan lines, which LR_DIR sets where it measures it),
 # or NET="--encoder_stride 32" TILE=128 EPOCHS=3 for the paper's HR-space U-Net (the epochs are planned for the
 # --lr_space network, ~5x faster per image). Unless EPOCHS is fixed, train.py fits the epochs to the time left
 # (--minutes, re-planned from each epoch's measured time) and the models are named without `_e{epochs}`; a
@@ -58,7 +60,7 @@ train_model() {
     done <<< "$PLAN"
     if [ "$FRESH" = 1 ]; then
         TILE_ARGS=(--hr_only) DATASET="${lt}_${nf}_quick_hr"
-        FLY_ARGS=(--crap_func "$CRAP_FUNC" --crap_strength "$STRENGTH")
+        FLY_ARGS=(--crap_func "$CRAP_FUNC" --crap_strength "$STRENGTH" --crap_bandwidth "$BANDWIDTH")
     else
         TILE_ARGS=(--crap_func "$CRAP_FUNC") DATASET="${lt}_${nf}_quick_${CRAP_FUNC}" FLY_ARGS=()
     fi
@@ -73,7 +75,7 @@ train_model() {
         name="${lt}_${nf}_${NAME}"
     fi
     echo "== quick: step 3, ${budget[1]:+about }$EPOCHS epochs${budget[1]:+ in ${budget[1]} min} of $CRAP_FUNC pairs" \
-         "(fresh: $FRESH, strength $STRENGTH) on $DEVICE" >&2
+         "(fresh: $FRESH, strength $STRENGTH, bandwidth $BANDWIDTH) on $DEVICE" >&2
     "$PY" "$ROOT/train.py" --datasetname "$DATASET" --data_path "$WORK/datasets" --model_dir "$WORK/models" \
         --save_name "$NAME" --lr_type "$lt" --n_frames "$nf" --arch "$ARCH" $NET --size "$TILE" \
         --tile_sz "$TILE" --bs "$BS" --workers "$WORKERS" --cycles "$EPOCHS" --lr_start "$LR" --lr "$LR" $LOSS \

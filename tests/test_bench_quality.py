@@ -107,6 +107,15 @@ def test_foreign_em_sets_are_added_without_changing_the_others(tmp_path):
     assert not list((tmp_path / "test").glob("*.partial"))
 
 
+def test_detector_bandwidth_sets_are_smoother_along_the_lines():
+    """`lines` and `rc` smooth the scan along x only: the plan's fast-axis ratio reads it, `scan` reads ~1."""
+    from utils.quick import fast_axis_ratio
+    hr = np.random.default_rng(0).random((512, 512)).astype(np.float32)
+    ratio = {k: fast_axis_ratio(f(hr, np.random.default_rng(1))) for k, f in
+             (("scan", bq.degrade_scan), ("lines", bq.scan_lines), ("rc", bq.scan_rc))}
+    assert ratio["lines"] < 0.6 and ratio["rc"] < 0.8 and 0.9 < ratio["scan"] < 1.1, ratio
+
+
 def test_em_training_source_can_be_cut_to_fewer_slices(tmp_path):
     isbi = tmp_path / "vol.tif"
     tifffile.imwrite(isbi, np.random.default_rng(0).integers(0, 256, (30, 64, 64)).astype(np.uint8))

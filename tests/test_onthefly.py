@@ -12,13 +12,15 @@ import torch
 
 import utils  # noqa: F401
 import train
-from utils.crappifiers import crappify, downsample, draw_strength, parse_blur, parse_strength, probe_blur
+from utils.crappifiers import (crappify, downsample, draw_strength, parse_bandwidth, parse_blur, parse_strength,
+                               probe_blur, scan_bandwidth)
 from utils.data import EDGE_P, edge_window, find_hr_tiles
 from utils.errors import PSSRError
 from utils.model import load_model
 from utils.norm import to_uint8
 from utils.onthefly import Draws, FreshPairs, make_fly_dls, read_hr_stack
-from utils.quick import (SSIM_WEIGHT, estimate_strength, noise_sigma, pick_stride, pick_tile, pick_workers,
+from utils.quick import (SSIM_WEIGHT, bandwidth_range, estimate_bandwidth, estimate_strength, fast_axis_ratio,
+                         noise_sigma, pick_stride, pick_tile, pick_workers,
                          pipeline_rate, sample_rate, strength_range)
 from utils.restore import frame_windows
 from utils.tiling import DatasetSpec, make_dataset
@@ -104,6 +106,46 @@ def test_probe_blur_blurs_the_lr_only(hr_sets):
         parse_blur("1.5,0")
 
 
+def _lag1(a: np.ndarray, axis: int) -> float:
+    """Correlation of neighbouring pixels along `axis`."""
+    a = a - a.mean()
+    n = a.shape[axis] - 1
+    x, y = np.take(a, range(n), axis=axis), np.take(a, range(1, n + 1), axis=axis)
+    return float((x * y).mean() / np.sqrt((x * x).mean() * (y * y).mean()))
+
+
+def test_scan_bandwidth_correlates_noise_along_x_only():
+    """--crap_bandwidth: white noise smoothed along x comes out correlated between neighbours along x, not y;
+    the mean stays; sigma 0 returns the LR untouched."""
+    noise = np.random.default_rng(0).normal(0.5, 0.1, (64, 64)).astype(np.float32)
+    assert scan_bandwidth(noise, 0) is noise
+    lined = scan_bandwidth(noise, 0.8)
+    assert _lag1(lined, 1) > 0.5 and abs(_lag1(lined, 0)) < 0.1 and abs(_lag1(noise, 1)) < 0.1
+    assert abs(lined.mean() - noise.mean()) < 1e-3 and lined.std() < 0.8 * noise.std()
+    assert parse_bandwidth("0,1") == (0.0, 1.0) and parse_bandwidth(0) == (0.0, 0.0)
+    with pytest.raises(PSSRError, match="--crap_bandwidth"):
+        parse_bandwidth("1,0")
+
+
+def test_bandwidth_smooths_the_lr_along_x_only(hr_sets):
+    """--crap_bandwidth: each crappified LR frame is smoothed along x with a sigma drawn per stack, the target
+    stays as it was; off (the default), the draws are those of before the option."""
+    items = [f for _, f in find_hr_tiles(hr_sets, "s_1_sample_hr", "s", 64, 1, 48).pairs["train"]]
+    plain = FreshPairs(items, 1, 48, Draws("no_crap"))
+    lined = FreshPairs(items, 1, 48, Draws("no_crap", bandwidth=(1.0, 1.0)))
+    for i in range(3):
+        (lr0, hr0), (lr1, hr1) = plain[i], lined[i]
+        assert torch.equal(hr0, hr1)
+        want = to_uint8(scan_bandwidth(downsample(hr1[0].numpy(), 4), 1.0)) / np.float32(255)
+        assert np.array_equal(lr1[0].numpy(), want) and not torch.equal(lr0, lr1)
+    noisy = FreshPairs(items, 1, 48, Draws("em_AG_D_sameas_preprint", bandwidth=(0.5, 1.0)))
+    resid = [(lr[0] - torch.nn.functional.avg_pool2d(hr, 4)[0]).numpy() for lr, hr in (noisy[i] for i in range(4))]
+    assert np.mean([_lag1(r, 1) - _lag1(r, 0) for r in resid]) > 0.2  # the noise runs along the lines
+    zero = FreshPairs(items, 1, 48, Draws("em_AG_D_sameas_preprint", bandwidth=(0.0, 0.0)))
+    white = FreshPairs(items, 1, 48, Draws("em_AG_D_sameas_preprint"))
+    assert all(torch.equal(zero[i][0], white[i][0]) for i in range(3))
+
+
 def test_multi_frame_fresh_pairs(hr_sets):
     spec = find_hr_tiles(hr_sets / "mf", "t_5_sample_hr", "t", 64, 5, 64)
     dls = make_fly_dls([f for _, f in spec.pairs["train"]], [f for _, f in spec.pairs["valid"]], 5, 64,
@@ -156,10 +198,11 @@ def test_strength_scales_the_noise():
 def test_train_on_the_fly_end_to_end(hr_sets, tmp_path):
     train.main(datasetname="s_1_sample_hr", data_path=str(hr_sets), model_dir=str(tmp_path), save_name="fly",
                arch="resnet18", bs=4, size=64, tile_sz=64, cycles=1, lr=1e-3, attn=False, fp32=True,
-               crap_func="em_AG_D_sameas_preprint", crap_strength="0.5,2", crap_blur="0,1")
+               crap_func="em_AG_D_sameas_preprint", crap_strength="0.5,2", crap_blur="0,1", crap_bandwidth="0,0.8")
     model, meta = load_model("s_1_fly_e1", tmp_path)
     assert meta["on_the_fly"] and meta["crap_func"] == "em_AG_D_sameas_preprint"
     assert meta["crap_strength"] == [0.5, 2.0] and meta["crap_blur"] == [0.0, 1.0] and meta["max_rotate"] == 10
+    assert meta["crap_bandwidth"] == [0.0, 0.8]
     assert isinstance(meta["beats_bilinear"], bool) and meta["bilinear_valid_loss"] > 0
     assert torch.load(tmp_path / "s_1_fly_e1.opt", weights_only=True)["hypers"]  # plain, safe to load
 
@@ -207,6 +250,31 @@ def test_planner_tiles_strides_and_noise_match(sample_info, tmp_path):
     assert strength_range(1.0) == "0.2,2" and strength_range(strength) == f"{0.2 * strength:.3g},{2 * strength:.3g}"
 
 
+def test_planner_reads_a_detectors_bandwidth_from_real_lr(sample_info, tmp_path):
+    """LR_DIR scans smoothed along x (a detector's bandwidth) give the plan a --crap_bandwidth range around the
+    sigma that was applied, and the noise level read through it; scans with white noise give none."""
+    import pandas as pd
+    from utils.norm import normalize
+    from utils.sources import open_source
+    df = pd.read_csv(sample_info)
+    em = df[df.category == "em"]
+    rng = np.random.default_rng(1)
+    for kind, sigma in (("white", 0.0), ("lined", 0.8)):
+        (tmp_path / kind).mkdir()
+        for i, r in enumerate(em.itertuples()):
+            with open_source(r.fn) as src:
+                hr = normalize(src.read(int(r.c), int(r.z), int(r.t)), r.mi, r.ma)
+            lr = scan_bandwidth(crappify("em_AG_D_sameas_preprint", hr, 4, rng), sigma)
+            tifffile.imwrite(tmp_path / kind / f"{i}.tif", to_uint8(lr))
+    assert fast_axis_ratio(tifffile.imread(tmp_path / "lined/0.tif")) < 0.7
+    assert estimate_bandwidth(em, "em_AG_D_sameas_preprint", tmp_path / "white") == 0
+    found = estimate_bandwidth(em, "em_AG_D_sameas_preprint", tmp_path / "lined")
+    assert 0.6 < found < 1.0, found
+    strength, _ = estimate_strength(em, "em_AG_D_sameas_preprint", tmp_path / "lined", bandwidth=found)
+    assert 0.7 < strength < 1.4, strength  # without the bandwidth the wavelet estimate reads it at ~half
+    assert bandwidth_range(0.8) == "0.4,1.2" and bandwidth_range(0.0) == "0"
+
+
 def test_planner_paces_training_by_the_slower_of_network_and_data(sample_info):
     """Beside a GPU, data-loader workers crappify; the plan's rate is the slower of the two sides."""
     import pandas as pd
@@ -251,6 +319,7 @@ def test_quick_sh_end_to_end(sample_tree, tmp_path):
     assert meta["loss"] == "l1" and meta["ssim_weight"] == SSIM_WEIGHT > 0
     assert meta["load_name"] is None and "LR=0.01" in log
     assert "STRENGTH=0.2,2" in log  # no LR_DIR: 0.2-2x the paper's noise level
+    assert "BANDWIDTH=0\n" in log and meta["crap_bandwidth"] == [0, 0]  # and white noise, as the paper
 
 
 def test_quick_sh_fits_epochs_to_the_time_left(sample_tree, tmp_path):

@@ -18,8 +18,8 @@ from skimage.transform import resize
 
 from .errors import PSSRError, fail
 
-__all__ = ["CRAPPIFIERS", "crappifier", "crappify", "downsample", "parse_strength", "parse_blur", "draw_strength",
-           "probe_blur"]
+__all__ = ["CRAPPIFIERS", "crappifier", "crappify", "downsample", "parse_strength", "parse_blur", "parse_bandwidth",
+           "draw_strength", "probe_blur", "scan_bandwidth"]
 
 Crappifier = Callable[..., np.ndarray]
 CRAPPIFIERS: Dict[str, Crappifier] = {}
@@ -76,6 +76,11 @@ def parse_blur(value) -> Tuple[float, float]:
     return _parse_range(value, "--crap_blur", "Gaussian sigma in HR pixels; 0 = none, as the paper")
 
 
+def parse_bandwidth(value) -> Tuple[float, float]:
+    """`--crap_bandwidth`: one detector-bandwidth sigma or a range, in LR px along x (0 = none, as the paper)."""
+    return _parse_range(value, "--crap_bandwidth", "Gaussian sigma along x in LR px; 0 = none, as the paper")
+
+
 def draw_strength(rng: np.random.Generator, lo: float, hi: float) -> float:
     """Log-uniform in [lo, hi] (noise levels span orders of magnitude); uniform when lo is 0."""
     if lo == hi:
@@ -91,6 +96,15 @@ def probe_blur(frames: np.ndarray, sigma: float) -> np.ndarray:
     if sigma <= 0:
         return frames
     return np.stack([ndimage.gaussian_filter(f, sigma, mode="reflect", truncate=3.0) for f in frames])
+
+
+def scan_bandwidth(lr: np.ndarray, sigma: float) -> np.ndarray:
+    """Smooth crappified LR frames along x, the fast scan axis, signal and noise alike: a detector chain too slow
+    for a short dwell, which blurs a fast scan along its lines and correlates its noise there (the paper's
+    crappifiers draw white noise). Zero phase: real scanners compensate the detector's lag."""
+    if sigma <= 0:
+        return lr
+    return ndimage.gaussian_filter1d(lr, sigma, axis=-1, mode="reflect", truncate=3.0)
 
 
 def downsample(img: np.ndarray, scale: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 
-from .crappifiers import crappify, draw_strength, probe_blur
+from .crappifiers import crappify, draw_strength, probe_blur, scan_bandwidth
 from .data import EDGE_P, affine_crop, dihedral, dihedral_matrix, edge_window, read_tile
 from .norm import to_uint8
 
@@ -61,8 +61,9 @@ def centre_crop(hr: np.ndarray, size: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Draws:
-    """How every pair is drawn from an HR tile (train.py's --crap_func, --crap_strength, --max_rotate,
-    --max_zoom and --seed): one object, so the training pairs, their loaders and a pickled learner agree."""
+    """How every pair is drawn from an HR tile (train.py's --crap_func, --crap_strength, --crap_blur,
+    --crap_bandwidth, --max_rotate, --max_zoom and --seed): one object, so the training pairs, their loaders
+    and a pickled learner agree."""
     crap_func: str
     scale: int = 4
     strength: Tuple[float, float] = (1.0, 1.0)  # noise level range (crappifiers.draw_strength)
@@ -70,6 +71,7 @@ class Draws:
     max_rotate: float = 0.0  # HR rotation/zoom before crappifying (training pairs only; validation pairs
     max_zoom: float = 1.0    # are centre crops)
     blur: Tuple[float, float] = (0.0, 0.0)  # probe blur sigma range in HR px, drawn uniformly per stack
+    bandwidth: Tuple[float, float] = (0.0, 0.0)  # detector smoothing along x, sigma range in LR px, per stack
 
 
 class FreshPairs:
@@ -98,8 +100,10 @@ class FreshPairs:
             hr = centre_crop(hr, self.size)
         s = draw_strength(rng, *d.strength)
         src = probe_blur(hr, float(rng.uniform(*d.blur))) if d.blur[1] > 0 else hr  # no draw: old seeds hold
+        bw = float(rng.uniform(*d.bandwidth)) if d.bandwidth[1] > 0 else 0.0
         # LR is stored as uint8 like real 8-bit scans and step-2 tiles, so both paths see the same quantization.
-        lr = np.stack([to_uint8(crappify(d.crap_func, f, d.scale, rng, s)) for f in src]).astype(np.float32) / 255
+        lr = np.stack([to_uint8(scan_bandwidth(crappify(d.crap_func, f, d.scale, rng, s), bw))
+                       for f in src]).astype(np.float32) / 255
         if self.train and self.n_frames > 1 and rng.random() < EDGE_P:
             lr = edge_window(lr, rng)
         c = self.n_frames // 2

@@ -10,7 +10,8 @@ Prints KEY=VALUE lines (`TILE=256` ...) that quick.sh reads, and writes nothing.
 - crappify on the fly (fresh noise each epoch, HR augmented before crappifying), with the noise strength
   drawn per tile from 0.2-2x the level of the lab's real LR images when `--lr_dir` gives some
   (scikit-image's `estimate_sigma`), else of the paper's level: down to nearly clean LR, because a model that
-  never saw it smooths it (NOISE_RANGE);
+  never saw it smooths it (NOISE_RANGE); where those real LR images are smoother along x (the fast scan axis)
+  than across, a detector's bandwidth, the LR is smoothed along x as much (`estimate_bandwidth`);
 - the epoch count from measured rates of the network and of crappifying on the fly (on a CPU they take
   turns; beside a GPU, data-loader workers crappify and the slower side sets the pace), so the whole of
   quick.sh fits the budget; a GPU, when there is one, trains more images in the same time. The plan is a first
@@ -33,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .crappifiers import check_crappifier, crappify
+from .crappifiers import check_crappifier, crappify, scan_bandwidth
 from .errors import fail, run_cli
 from .loss import sr_loss
 from .model import LR_HEADS, build_model
@@ -42,8 +43,9 @@ from .onthefly import augment_hr
 from .sources import find_images, open_source
 from .speed import native_bf16
 
-__all__ = ["pick_tile", "pick_stride", "noise_sigma", "estimate_strength", "strength_range", "training_rate",
-           "sample_rate", "pick_workers", "pipeline_rate", "make_plan"]
+__all__ = ["pick_tile", "pick_stride", "noise_sigma", "estimate_strength", "strength_range", "fast_axis_ratio",
+           "estimate_bandwidth", "bandwidth_range", "training_rate", "sample_rate", "pick_workers", "pipeline_rate",
+           "make_plan"]
 
 TILES = (256, 128, 64)  # HR tile sides, largest first: larger crops give the U-Net more context per step
 MIN_BOTTLENECK = 4
@@ -55,6 +57,12 @@ SSIM_WEIGHT = 0.03
 # (README, "What to expect").
 NOISE_RANGE = (0.2, 2.0)
 DEFAULT_STRENGTH = 1.0
+# A fast scan's detector bandwidth (crappifiers.scan_bandwidth), only where LR_DIR's scans show it: drawn for
+# every tile (0-1 LR px), it took real-EM LR smoothed along x from +0.05 to +0.28 dB over bilinear but cost
+# 0.02-0.10 dB on every test LR with white noise (README, "What to expect").
+BANDWIDTH_GRID = np.array([0.0, 0.35, 0.5, 0.7, 1.0, 1.5, 2.0])
+MIN_BANDWIDTH = 0.4  # noise-free EM LR read 0.36 from its structure alone; sigma 0.25 changes no ratio
+BANDWIDTH_RANGE = (0.5, 1.5)
 # The probes time the network on tensors already in memory and crappifying one frame; the training loop also
 # reads and collates tiles and runs fastai's callbacks: on real EM (2 CPU cores, 256² tiles) it trained
 # 19.6 images/s where the probes predicted 22.3, and a 20-minute plan ran 22.8 minutes (19.3 with this factor).
@@ -94,20 +102,25 @@ def _frames(df: pd.DataFrame, n: int, rng: np.random.Generator):
                             float(r.mi), float(r.ma))
 
 
-def estimate_strength(df: pd.DataFrame, crap_func: str, lr_dir: Path, scale: int = 4,
-                      seed: int = 0) -> Tuple[float, float]:
-    """(crappifier strength matching the real LR noise, the LR sigma): the real LR images' noise sigma
-    over the sigma the crappifier gives at strength 1 on HR training frames, both measured the same way."""
+def _lr_frames(lr_dir: Path, n: int = 8):
+    """The middle frame of each of the first `n` images of LR_DIR, normalized."""
     lrs = find_images(Path(lr_dir), recursive=True)
     if not lrs:
         fail(lr_dir, "LR_DIR holds no .tif/.tiff/.czi images")
-    real = []
-    for p in lrs[:8]:
+    for p in lrs[:n]:
         with open_source(p) as src:
             f = src.read(0, src.nz // 2, src.nt // 2)
-            real.append(noise_sigma(normalize(f, *percentiles(f))))
+            yield normalize(f, *percentiles(f))
+
+
+def estimate_strength(df: pd.DataFrame, crap_func: str, lr_dir: Path, scale: int = 4, seed: int = 0,
+                      bandwidth: float = 0.0) -> Tuple[float, float]:
+    """(crappifier strength matching the real LR noise, the LR sigma): the real LR images' noise sigma
+    over the sigma the crappifier gives at strength 1 on HR training frames (smoothed along x by `bandwidth`,
+    as the real LR is: the wavelet estimate reads smoothed noise low), both measured the same way."""
+    real = [noise_sigma(f) for f in _lr_frames(lr_dir)]
     rng = np.random.default_rng(seed)
-    crappified = (crappify(crap_func, f, scale, rng) for f in _frames(df, 4, rng))
+    crappified = (scan_bandwidth(crappify(crap_func, f, scale, rng), bandwidth) for f in _frames(df, 4, rng))
     ours = [noise_sigma(normalize(c, *percentiles(c))) for c in crappified]
     if not ours or np.median(ours) <= 0:
         fail(None, f"crappifier '{crap_func}' adds no measurable noise; cannot match LR_DIR's")
@@ -174,6 +187,35 @@ def sample_rate(df: pd.DataFrame, crap_func: str, tile: int, n_frames: int, scal
         torch.set_num_threads(old)
 
 
+def fast_axis_ratio(img: np.ndarray) -> float:
+    """Variance of neighbour differences along x over that along y: ~1 for white noise on isotropic structure,
+    lower where a detector's bandwidth smooths the scan lines (signal and noise) along x."""
+    img = np.asarray(img, np.float64)
+    return float(np.diff(img, axis=1).var() / max(np.diff(img, axis=0).var(), 1e-12))
+
+
+def estimate_bandwidth(df: pd.DataFrame, crap_func: str, lr_dir: Path, scale: int = 4, seed: int = 0,
+                       strength: float = 1.0) -> float:
+    """Sigma (LR px along x) of `crappifiers.scan_bandwidth` that gives crappified HR training frames the
+    fast-axis ratio of the real LR images (medians of each); 0 below MIN_BANDWIDTH. On the real-EM bench it read
+    0.76 for LR smoothed with 0.7, 0.56 for a first-order response of time constant 0.7 and 0 for every LR with
+    white noise (ratios 0.95-0.99; the crappifier's own 0.97). `strength`: the crappifier's noise level in the
+    real LR (estimate_strength). LR images are as scanned: lines along x."""
+    real = float(np.median([fast_axis_ratio(f) for f in _lr_frames(lr_dir)]))
+    rng = np.random.default_rng(seed)
+    frames = list(_frames(df, 4, rng))
+    ratios = [np.median([fast_axis_ratio(to_uint8(scan_bandwidth(crappify(crap_func, f, scale, rng, strength), s)))
+                         for f in frames]) for s in BANDWIDTH_GRID]
+    ratios = np.minimum.accumulate(ratios)  # falls with sigma; flat steps from the draws' noise kept monotone
+    sigma = float(np.interp(real, ratios[::-1], BANDWIDTH_GRID[::-1]))
+    return sigma if sigma >= MIN_BANDWIDTH else 0.0
+
+
+def bandwidth_range(sigma: float) -> str:
+    """`--crap_bandwidth` around an estimated sigma (BANDWIDTH_RANGE times it); 0 (off) for none."""
+    return f"{sigma * BANDWIDTH_RANGE[0]:.3g},{sigma * BANDWIDTH_RANGE[1]:.3g}" if sigma > 0 else "0"
+
+
 def strength_range(centre: float) -> str:
     """`--crap_strength` for noise levels around `centre` (x the paper's level): NOISE_RANGE times it."""
     return f"{centre * NOISE_RANGE[0]:.3g},{centre * NOISE_RANGE[1]:.3g}"
@@ -219,12 +261,14 @@ def make_plan(info: Path, crap_func: str, n_frames: int = 1, minutes: float = 15
                 NET=f"--lr_space --encoder_stride {stride}",
                 DEVICE=device, WORKERS=workers,
                 RATE=round(rate, 2))
+    centre, bandwidth = DEFAULT_STRENGTH, 0.0
     if lr_dir:
-        centre, sigma = estimate_strength(df, crap_func, Path(lr_dir), scale, seed)
-        plan["LR_SIGMA"] = round(sigma, 4)
-    else:
-        centre = DEFAULT_STRENGTH
-    plan["STRENGTH"] = strength_range(centre)
+        # The noise level sets the ratio the bandwidth is read from, and the bandwidth the noise level read.
+        first, _ = estimate_strength(df, crap_func, Path(lr_dir), scale, seed)
+        bandwidth = estimate_bandwidth(df, crap_func, Path(lr_dir), scale, seed, first)
+        centre, sigma = estimate_strength(df, crap_func, Path(lr_dir), scale, seed, bandwidth)
+        plan["LR_SIGMA"], plan["LR_BANDWIDTH"] = round(sigma, 4), round(bandwidth, 2)
+    plan["STRENGTH"], plan["BANDWIDTH"] = strength_range(centre), bandwidth_range(bandwidth)
     return plan
 
 
