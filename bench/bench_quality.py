@@ -83,6 +83,7 @@ VARIANTS = {
     # others measure 1.0-1.1x the crappifier's level; README), {data} being the bench's data folder
     "lr_dir_dose20": {"LR_DIR": "{data}/test/lr_dose20"},
     "lr_dir_lines": {"LR_DIR": "{data}/test/lr_lines"},  # LR smoothed along x: sets BANDWIDTH too
+    "lr_dir_rc": {"LR_DIR": "{data}/test/lr_rc"},  # ... by a response shape training does not draw
 }
 Degradation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 SCALE = 4  # every test degradation samples 1 pixel in 4 along each axis

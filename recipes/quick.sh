@@ -63,6 +63,8 @@ train_model() {
         FLY_ARGS=(--crap_func "$CRAP_FUNC" --crap_strength "$STRENGTH" --crap_bandwidth "$BANDWIDTH")
     else
         TILE_ARGS=(--crap_func "$CRAP_FUNC") DATASET="${lt}_${nf}_quick_${CRAP_FUNC}" FLY_ARGS=()
+        [ "$BANDWIDTH" = 0 ] || echo "== quick: note: FRESH=0 pairs are crappified once in step 2, without" \
+                                     "BANDWIDTH $BANDWIDTH (only pairs drawn on the fly take it)" >&2
     fi
     echo "== quick: step 2, $N_TRAIN + $N_VALID HR tiles of $TILE px" >&2
     "$PY" "$ROOT/tile_from_info.py" --out "$WORK/datasets" --info "$INFO" --tile "$TILE" --n_train "$N_TRAIN" \

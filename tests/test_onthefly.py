@@ -325,10 +325,12 @@ def test_quick_sh_end_to_end(sample_tree, tmp_path):
 def test_quick_sh_fits_epochs_to_the_time_left(sample_tree, tmp_path):
     """EPOCHS left to the plan: train.py gets the time left (--minutes; of a 1-minute budget, at least the floor
     of 0.1) and re-plans the epochs from the first one's time (tiny epochs: up to 4x the plan), and the model is
-    named without `_e{epochs}`."""
-    name, log = run_quick(sample_tree, tmp_path, "em", "em_AG_D_sameas_preprint", MINUTES="1", EPOCHS=None)
+    named without `_e{epochs}`. A plan value fixed from the environment (BANDWIDTH) reaches train.py."""
+    name, log = run_quick(sample_tree, tmp_path, "em", "em_AG_D_sameas_preprint", MINUTES="1", EPOCHS=None,
+                          BANDWIDTH="0.5,1")
     assert name == "s_1_quick_em_AG_D_sameas_preprint"
     _, meta = load_model(name, tmp_path / "work" / "models")
+    assert meta["crap_bandwidth"] == [0.5, 1.0] and "bandwidth 0.5,1" in log
     planned = int(next(ln.split("=")[1] for ln in log.splitlines() if ln.strip().startswith("EPOCHS=")))
     assert 0.1 <= meta["schedule"][0]["stages"][0]["minutes"] < 1 and 1 <= meta["epochs"] <= 4 * planned
 

@@ -199,7 +199,7 @@ def estimate_bandwidth(df: pd.DataFrame, crap_func: str, lr_dir: Path, scale: in
     """Sigma (LR px along x) of `crappifiers.scan_bandwidth` that gives crappified HR training frames the
     fast-axis ratio of the real LR images (medians of each); 0 below MIN_BANDWIDTH. On the real-EM bench it read
     0.76 for LR smoothed with 0.7, 0.56 for a first-order response of time constant 0.7 and 0 for every LR with
-    white noise (ratios 0.95-0.99; the crappifier's own 0.97). `strength`: the crappifier's noise level in the
+    white noise (ratios 0.96-0.99; the crappifier's own 0.97). `strength`: the crappifier's noise level in the
     real LR (estimate_strength). LR images are as scanned: lines along x."""
     real = float(np.median([fast_axis_ratio(f) for f in _lr_frames(lr_dir)]))
     rng = np.random.default_rng(seed)
