@@ -264,9 +264,10 @@ def make_plan(info: Path, crap_func: str, n_frames: int = 1, minutes: float = 15
     centre, bandwidth = DEFAULT_STRENGTH, 0.0
     if lr_dir:
         # The noise level sets the ratio the bandwidth is read from, and the bandwidth the noise level read.
-        first, _ = estimate_strength(df, crap_func, Path(lr_dir), scale, seed)
-        bandwidth = estimate_bandwidth(df, crap_func, Path(lr_dir), scale, seed, first)
-        centre, sigma = estimate_strength(df, crap_func, Path(lr_dir), scale, seed, bandwidth)
+        centre, sigma = estimate_strength(df, crap_func, Path(lr_dir), scale, seed)
+        bandwidth = estimate_bandwidth(df, crap_func, Path(lr_dir), scale, seed, centre)
+        if bandwidth:
+            centre, sigma = estimate_strength(df, crap_func, Path(lr_dir), scale, seed, bandwidth)
         plan["LR_SIGMA"], plan["LR_BANDWIDTH"] = round(sigma, 4), round(bandwidth, 2)
     plan["STRENGTH"], plan["BANDWIDTH"] = strength_range(centre), bandwidth_range(bandwidth)
     return plan
