@@ -99,9 +99,14 @@ def counted(lr: np.ndarray, rng: np.random.Generator, photons: float = 50) -> np
     return to_uint8(np.clip(counts(lr, rng, photons), 0, 1))
 
 
+def sampled(hr: np.ndarray) -> np.ndarray:
+    """A scan before its noise (`scan`, `shot` and their kin): probe or PSF blur (sigma 1 HR px), 4x point sampling."""
+    return downsample(gaussian_filter(hr, 1.0), 4)
+
+
 def degrade_scan(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A fast EM point scan unlike any crappifier: probe blur, 4x point sampling, Poisson + read noise; uint8."""
-    return counted(downsample(gaussian_filter(hr, 1.0), 4), rng)
+    return counted(sampled(hr), rng)
 
 
 # Test LR made the way other people make it (none is used in training): where `scan` samples the centre of
@@ -116,9 +121,9 @@ FOREIGN_EM = {
     "stride": lambda hr, rng: counted(gaussian_filter(hr, 1.0)[::4, ::4], rng),
     "area": lambda hr, rng: counted(hr.reshape(hr.shape[0] // 4, 4, hr.shape[1] // 4, 4).mean((1, 3)), rng),
     "aa": lambda hr, rng: counted(rescale(hr, 0.25, anti_aliasing=True), rng),
-    "dose20": lambda hr, rng: counted(downsample(gaussian_filter(hr, 1.0), 4), rng, 20),
+    "dose20": lambda hr, rng: counted(sampled(hr), rng, 20),
     "gauss": lambda hr, rng: to_uint8(np.clip(downsample(hr, 4) + rng.normal(0, 0.08, np.shape(hr[::4, ::4])), 0, 1)),
-    "clean": lambda hr, rng: to_uint8(downsample(gaussian_filter(hr, 1.0), 4)),
+    "clean": lambda hr, rng: to_uint8(sampled(hr)),
     "lines": lambda hr, rng: scan_lines(hr, rng),
     "rc": lambda hr, rng: scan_rc(hr, rng),
 }
@@ -127,7 +132,7 @@ FOREIGN_EM = {
 def scan_lines(hr: np.ndarray, rng: np.random.Generator, bandwidth: float = 0.7, jitter: float = 0.02) -> np.ndarray:
     """`scan`'s counts smoothed along x by a Gaussian of sigma `bandwidth` LR px, plus an offset of sigma
     `jitter` per line; uint8."""
-    c = counts(downsample(gaussian_filter(hr, 1.0), 4), rng)
+    c = counts(sampled(hr), rng)
     lined = gaussian_filter1d(c, bandwidth, axis=1, mode="reflect") + rng.normal(0, jitter, (c.shape[0], 1))
     return to_uint8(np.clip(lined, 0, 1))
 
@@ -135,7 +140,7 @@ def scan_lines(hr: np.ndarray, rng: np.random.Generator, bandwidth: float = 0.7,
 def scan_rc(hr: np.ndarray, rng: np.random.Generator, tau: float = 0.7) -> np.ndarray:
     """`scan`'s counts through a first-order low-pass along x (time constant `tau` LR px), its mean lag
     shifted back (cubic); uint8."""
-    c = counts(downsample(gaussian_filter(hr, 1.0), 4), rng)
+    c = counts(sampled(hr), rng)
     a = np.exp(-1 / tau)
     y, _ = lfilter([1 - a], [1, -a], c, axis=1, zi=c[:, :1] * a)  # settled on each line's first value
     return to_uint8(np.clip(shift(y, (0, -a / (1 - a)), order=3, mode="nearest"), 0, 1))
@@ -145,7 +150,7 @@ def shot(photons: float, read: float) -> Degradation:
     """A fast confocal scan: PSF blur, 4x point sampling, Poisson noise at `photons` for white over a 2-photon
     background, Gaussian read noise of `read` photons; uint16 counts (x10, as a detector's gain)."""
     def degrade(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        lr = downsample(gaussian_filter(hr, 1.0), 4)
+        lr = sampled(hr)
         counts = rng.poisson(lr * photons + 2) + rng.normal(0, read, lr.shape)
         return np.clip(np.round(counts * 10), 0, 65535).astype(np.uint16)
     return degrade
