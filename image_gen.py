@@ -32,6 +32,7 @@ import utils  # noqa: F401  (silences library import chatter first)
 import torch
 
 from utils.errors import PSSRError, fail, run_cli, warn, warn_skip
+from utils.lrstats import unlike_training
 from utils.norm import PCT_HI, PCT_LO
 from utils import dist
 from utils.restore import (OUT_DTYPES, SEAMS, Predictor, RestoreSpec, Upsampler, part_dir, plan_frames, restore_file,
@@ -133,6 +134,7 @@ def main(src_dir: str, out_dir: str, models: Union[None, str, Sequence[str]] = N
     jobs = [(p, f) for p in procs for f in files]
     work, shared = my_work(jobs, channel, drop_edges)
     done, kept, bad = set(), set(), set()
+    unlike = set()  # (job, kind, value): inputs noisier, or smoother along x, than the model's training LR
     mb = master_progress(work)
 
     def restore(j: int, frames: Optional[List[int]], parts: bool, bar: bool = True) -> None:
@@ -151,6 +153,7 @@ def main(src_dir: str, out_dir: str, models: Union[None, str, Sequence[str]] = N
             with open_source(path, live=meta["lr_type"] == "t") as src:
                 src = match_pixel_size(src, meta, pixel_size, say=mb.write)
                 if frames is None:
+                    unlike.update((j, kind, value) for kind, value in unlike_training(src, meta))
                     restore_file(src, dest, predict, spec, progress=progress,
                                  parts=part_dir(dest) if parts else None)
                     done.add(j)
@@ -165,7 +168,7 @@ def main(src_dir: str, out_dir: str, models: Union[None, str, Sequence[str]] = N
     dist.barrier()  # every frame of the shared files is on disk: rank 0 puts each file together
     for j in shared if dist.is_main() else []:
         restore(j, None, True, bar=False)
-    done, kept, bad = (set().union(*sets) for sets in zip(*dist.gather((done, kept, bad))))
+    done, kept, bad, unlike = (set().union(*sets) for sets in zip(*dist.gather((done, kept, bad, unlike))))
     main_rank = dist.is_main()
     dist.finish()  # the last collective: every rank has what it needs
     bad -= done  # a file that failed on one rank but was finished by rank 0
@@ -174,8 +177,29 @@ def main(src_dir: str, out_dir: str, models: Union[None, str, Sequence[str]] = N
         print(f"wrote {len(done)} restored file(s) under {out_dir}"
               + (f"; kept {len(kept)} existing" if kept else "")
               + (f"; skipped {skipped} ({n_bad} input file(s), see warnings)" if skipped else ""))
+        warn_unlike(jobs, unlike)
     if not done and not kept:
         fail(src_dir, f"no file could be restored ({skipped} skipped)")
+
+
+UNLIKE = {  # kind: (what the input is, the .json key of the training LR's value, what the model never saw)
+    "smoother": ("smoother along x (the scan lines) than the model's training LR (fast-axis ratio",
+                 "lr_fast_axis_ratio", "a detector bandwidth it never saw"),
+    "noisier": ("noisier than the model's training LR (noise level", "lr_noise_level",
+                "noise beyond its training range"),
+}
+
+
+def warn_unlike(jobs: list, unlike: set) -> None:
+    """One line per model and kind of input unlike its training LR (utils.lrstats.unlike_training): there the
+    model's gain over bilinear vanishes (README, Step 4)."""
+    for (name, kind) in dict.fromkeys((jobs[j][0][0], k) for j, k, _ in sorted(unlike)):
+        hits = sorted((j, v) for j, k, v in unlike if k == kind and jobs[j][0][0] == name)
+        (j, value), meta = hits[0], jobs[hits[0][0]][0][2]
+        what, key, why = UNLIKE[kind]
+        warn(jobs[j][1], f"{name}: {len(hits)} input file(s) like this one are {what} {value:.2f} vs {meta[key]:.2f}): "
+                         f"{why}, so expect little gain over bilinear. Train for it: LR_DIR=<these LR images> "
+                         f"recipes/quick.sh ...")
 
 
 def output_path(folder: Path, path: Path, name: str, out_format: str = "tif") -> Path:

@@ -21,7 +21,7 @@ import torch
 from fastai.learner import Learner
 from fastai.torch_core import rank_distrib, set_seed
 
-from utils.crappifiers import check_crappifier, parse_bandwidth, parse_blur, parse_strength
+from utils.crappifiers import check_crappifier, parse_bandwidth, parse_blur, parse_share, parse_strength
 from utils.data import MAX_ROTATE, MAX_ZOOM, find_dataset, find_hr_tiles, make_dls
 from utils.errors import fail, run_cli
 from utils.loss import sr_loss
@@ -31,7 +31,7 @@ from utils.onthefly import Draws, SetDrawEpoch, make_fly_dls
 from utils.progress import plain_training_progress
 from utils.training import (CPUFastPath, add_precision, bilinear_baseline, ckpt_path, export_learner, fit_rounds,
                             plain_opt_state, plan_of, read_ckpt, read_schedule, single_round, sr_metrics,
-                            unet_splitter, unwrap)
+                            unet_splitter, unwrap, valid_lr_reference)
 
 WD = 1e-3  # the original's weight decay
 
@@ -95,12 +95,13 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
          data_path: str = "datasets", model_dir: str = "models", schedule: Optional[str] = None, seed: int = 0,
          device: Optional[str] = None, workers: int = 0, fp32: bool = False, resume: bool = False, force: bool = False,
          max_rotate: Optional[float] = None, max_zoom: Optional[float] = None, crap_func: Optional[str] = None,
-         crap_strength="1", crap_blur="0", crap_bandwidth="0", encoder_stride: Optional[int] = None,
+         crap_strength="1", crap_blur="0", crap_bandwidth="0", crap_bandwidth_share: float = 1.0,
+         encoder_stride: Optional[int] = None,
          lr_head: str = LR_HEADS[0], ssim_weight: float = 0.0, minutes: Optional[float] = None,
          average_epochs: float = 0) -> None:
     """Train; every option as the original train.py plus --schedule/--lr_space/--weights/--seed/--device/
-    --workers/--model_dir/--fp32/--resume/--force/--crap_func/--crap_strength/--crap_blur/--crap_bandwidth/--minutes/
-    --average_epochs (README, Step 3).
+    --workers/--model_dir/--fp32/--resume/--force/--crap_func/--crap_strength/--crap_blur/--crap_bandwidth(_share)/
+    --minutes/--average_epochs (README, Step 3).
 
     lr: as the original's `slice(lr)`, the encoder's two layer groups train at lr/10; --lr_start gives a range
     spaced linearly over the three groups (paper, Methods). residual: add the bilinear upsampling to the
@@ -109,7 +110,8 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     none for pre-made pairs (resampling crappified LR smooths its noise). crap_blur: a probe-blur sigma range
     (HR px) drawn per tile before crappifying, for blurred real LR (off, as the paper). crap_bandwidth: a sigma
     range (LR px) of smoothing along x drawn per tile after crappifying, a fast scan's detector bandwidth (off,
-    as the paper; utils.crappifiers.scan_bandwidth). encoder_stride: 16 for
+    as the paper; utils.crappifiers.scan_bandwidth), for --crap_bandwidth_share of the tiles (default all; the rest
+    keep white noise). encoder_stride: 16 for
     --lr_space (its U-Net sees LR pixels), else the paper's 32. lr_head: the --lr_space upsampling head, `subpixel` (its
     last x2 step linear, 1.5x faster training) or `icnr` (every step ReLU'd at HR size, models before it was
     recorded; utils.model.sr_head). ssim_weight: adds this times (1 - SSIM) of the prediction fitted to the
@@ -142,10 +144,11 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     if minutes is not None and schedule:
         fail(schedule, "--minutes fits one training stage to the time; a --schedule has its own epochs per round")
     strength, blur_range = parse_strength(crap_strength), parse_blur(crap_blur)
-    bandwidth = parse_bandwidth(crap_bandwidth)
+    bandwidth, share = parse_bandwidth(crap_bandwidth), parse_share(crap_bandwidth_share)
     fly = crap_func is not None
-    if not fly and (strength != (1.0, 1.0) or blur_range != (0.0, 0.0) or bandwidth != (0.0, 0.0)):
-        fail(None, "--crap_strength, --crap_blur and --crap_bandwidth act on pairs crappified on the fly: give "
+    if not fly and (strength != (1.0, 1.0) or blur_range != (0.0, 0.0) or bandwidth != (0.0, 0.0)
+                    or share != 1):
+        fail(None, "--crap_strength, --crap_blur and --crap_bandwidth(_share) act on pairs crappified on the fly: give "
                    "--crap_func too")
     max_rotate = (MAX_ROTATE if fly else 0.0) if max_rotate is None else float(max_rotate)
     max_zoom = (MAX_ZOOM if fly else 1.0) if max_zoom is None else float(max_zoom)
@@ -179,6 +182,7 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
                      weights=str(weights_file) if weights_file else None, norm=spec0.norm,
                      crap_func=crap_func or spec0.crap_func, crap_strength=list(strength) if fly else None,
                      crap_blur=list(blur_range) if fly else None, crap_bandwidth=list(bandwidth) if fly else None,
+                     crap_bandwidth_share=share if fly else None,
                      on_the_fly=fly, max_rotate=max_rotate, max_zoom=max_zoom,
                      datasetname=datasetname, loss="l1" if l1_loss else "mse",
                      ssim_weight=float(ssim_weight), average_epochs=float(average_epochs), seed=seed,
@@ -190,7 +194,8 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     opt_state = load_start(model, load_name, model_dir, base_meta) if load_name else None
     model = model.to(dev)
     precision = []
-    draws = Draws(crap_func, scale, strength, seed, max_rotate, max_zoom, blur_range, bandwidth) if fly else None
+    draws = Draws(crap_func, scale, strength, seed, max_rotate, max_zoom, blur_range, bandwidth,
+                  share) if fly else None
 
     def make_learner(rnd):
         # --bs is per process: fastai's DistributedDL hands each rank whole batches of the loader's size, drawn
@@ -246,7 +251,8 @@ def finish(learn: Learner, meta: dict, final: str, model_dir: Path) -> None:
         return  # the other ranks took part in validate(), whose metrics are gathered across ranks; rank 0 writes
     beats = bool(loss < b_loss)
     save_model(unwrap(learn.model), {**meta, "best_valid_loss": float(loss), "bilinear_valid_loss": b_loss,
-                                     "beats_bilinear": beats}, final, model_dir,
+                                     "beats_bilinear": beats, **valid_lr_reference(learn)},
+               final, model_dir,
                opt_state=plain_opt_state(learn.opt.state_dict()) if learn.opt else None)
     export_learner(learn, model_paths(final, model_dir)["pkl"])
     ckpt_path(final, model_dir).unlink(missing_ok=True)

@@ -79,6 +79,8 @@ VARIANTS = {
     "blur": {"TRAIN_EXTRA": "--crap_blur 0,1.5"},
     # a fast scan's detector bandwidth: the LR smoothed along x (sigma 0-1 LR px per tile) after crappifying
     "bandwidth": {"BANDWIDTH": "0,1"},
+    # ... for a third of the tiles only (the rest white, as the paper)
+    "bandwidth_third": {"BANDWIDTH": "0.35,1", "BANDWIDTH_SHARE": "0.33"},
     # a lab's real LR scans (no ground truth) centre the noise range: here the noisiest test set's LR (the
     # others measure 1.0-1.1x the crappifier's level; README), {data} being the bench's data folder
     "lr_dir_dose20": {"LR_DIR": "{data}/test/lr_dose20"},

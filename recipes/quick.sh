@@ -15,7 +15,8 @@
 # once in step 2 instead of on the fly, for comparison), AVERAGE (the model keeps its weights averaged over about
 # this many last epochs where they validate within 1% of the best epoch, default 4; 0 keeps the best epoch's).
 # Any value of the printed plan can be fixed from the environment (for every model trained), e.g. EPOCHS=40,
-# BANDWIDTH=0,1 (LR smoothed along its scan lines, which LR_DIR sets where it measures it),
+# BANDWIDTH=0,1 (LR smoothed along its scan lines, which LR_DIR sets where it measures it; BANDWIDTH_SHARE=0.33
+# for a third of the tiles only),
 # or NET="--encoder_stride 32" TILE=128 EPOCHS=3 for the paper's HR-space U-Net (the epochs are planned for the
 # --lr_space network, ~5x faster per image). Unless EPOCHS is fixed, train.py fits the epochs to the time left
 # (--minutes, re-planned from each epoch's measured time) and the models are named without `_e{epochs}`; a
@@ -47,7 +48,7 @@ left() { echo $(( MINUTES * 60 - ($(date +%s) - START) )); }
 # weights if given) in SECONDS of training plus OVERHEAD; prints its name. Runs in a subshell ($(...)): one
 # model's plan never leaks into the next.
 train_model() {
-    local nf=$1 lt=$2 secs=$3 start=${4:-} began line key name budget=()
+    local nf=$1 lt=$2 secs=$3 start=${4:-} began line key name bw budget=()
     began=$(date +%s)
     echo "== quick: planning the $nf-frame model for $(( secs / 60 )) min $(( secs % 60 )) s" >&2
     PLAN=$("$PY" -m utils.quick "$INFO" --crap_func "$CRAP_FUNC" --n_frames "$nf" --minutes "$(( secs / 6 ))e-1" \
@@ -60,7 +61,8 @@ train_model() {
     done <<< "$PLAN"
     if [ "$FRESH" = 1 ]; then
         TILE_ARGS=(--hr_only) DATASET="${lt}_${nf}_quick_hr"
-        FLY_ARGS=(--crap_func "$CRAP_FUNC" --crap_strength "$STRENGTH" --crap_bandwidth "$BANDWIDTH")
+        FLY_ARGS=(--crap_func "$CRAP_FUNC" --crap_strength "$STRENGTH" --crap_bandwidth "$BANDWIDTH"
+                  --crap_bandwidth_share "$BANDWIDTH_SHARE")
     else
         TILE_ARGS=(--crap_func "$CRAP_FUNC") DATASET="${lt}_${nf}_quick_${CRAP_FUNC}" FLY_ARGS=()
         [ "$BANDWIDTH" = 0 ] || echo "== quick: note: FRESH=0 pairs are crappified once in step 2, without" \
@@ -76,8 +78,10 @@ train_model() {
                 'BEGIN { m = (s - u - t) / 60; printf "%.2f", (m > 0.1 ? m : 0.1) }')")
         name="${lt}_${nf}_${NAME}"
     fi
+    bw=$BANDWIDTH
+    [ "$BANDWIDTH" = 0 ] || [ "$BANDWIDTH_SHARE" = 1 ] || bw+=" for $BANDWIDTH_SHARE of the tiles"
     echo "== quick: step 3, ${budget[1]:+about }$EPOCHS epochs${budget[1]:+ in ${budget[1]} min} of $CRAP_FUNC pairs" \
-         "(fresh: $FRESH, strength $STRENGTH, bandwidth $BANDWIDTH) on $DEVICE" >&2
+         "(fresh: $FRESH, strength $STRENGTH, bandwidth $bw) on $DEVICE" >&2
     "$PY" "$ROOT/train.py" --datasetname "$DATASET" --data_path "$WORK/datasets" --model_dir "$WORK/models" \
         --save_name "$NAME" --lr_type "$lt" --n_frames "$nf" --arch "$ARCH" $NET --size "$TILE" \
         --tile_sz "$TILE" --bs "$BS" --workers "$WORKERS" --cycles "$EPOCHS" --lr_start "$LR" --lr "$LR" $LOSS \

@@ -109,7 +109,7 @@ def test_foreign_em_sets_are_added_without_changing_the_others(tmp_path):
 
 def test_detector_bandwidth_sets_are_smoother_along_the_lines():
     """`lines` and `rc` smooth the scan along x only: the plan's fast-axis ratio reads it, `scan` reads ~1."""
-    from utils.quick import fast_axis_ratio
+    from utils.lrstats import fast_axis_ratio
     hr = np.random.default_rng(0).random((512, 512)).astype(np.float32)
     ratio = {k: fast_axis_ratio(f(hr, np.random.default_rng(1))) for k, f in
              (("scan", bq.degrade_scan), ("lines", bq.scan_lines), ("rc", bq.scan_rc))}

@@ -206,3 +206,34 @@ def test_pixel_size_option_overrides_the_file_and_unknown_sizes_do_nothing(model
         image_gen.main(tmp_path / "src", tmp_path / "c", baselines=True, pixel_size=-1)
     with pytest.raises(PSSRError, match="--out_format png: choose one of tif, ome-zarr"):
         image_gen.main(tmp_path / "src", tmp_path / "c", baselines=True, out_format="png")
+
+
+# --------------------------------------------------------------------------- LR unlike the training LR
+
+def test_lr_smoother_or_noisier_than_the_training_lr_is_said_once(tmp_path, capsys):
+    """LR smoothed along x (a detector too slow for the scan) below 0.8x the fast-axis ratio of the model's
+    training LR, or noisier than 1.25x its noise level (its .json's lr_fast_axis_ratio, lr_noise_level): one
+    warning per model and kind at the end, naming a file and the count; LR like the training LR, and a model
+    that recorded neither, say nothing."""
+    from scipy.ndimage import gaussian_filter1d
+    from utils.lrstats import fast_axis_ratio, noise_level
+    rng = np.random.default_rng(0)
+    src, imgs = tmp_path / "src", {}
+    for i, (name, sigma) in enumerate((("a_white", 0.08), ("b_lined", 0.08), ("c_lined", 0.08), ("d_noisy", 0.3))):
+        lr = smooth_image((64, 64), i).astype(np.float32) / 4000 + rng.normal(0, sigma, (64, 64))
+        if "lined" in name:
+            lr = gaussian_filter1d(lr, 1.0, axis=1)
+        imgs[name] = (np.clip(lr, 0, 1) * 255).astype(np.uint8)
+        write_stack(src / f"{name}.tif", imgs[name], "YX")
+    ratio, noise = fast_axis_ratio(imgs["a_white"]), noise_level(imgs["a_white"])
+    assert fast_axis_ratio(imgs["b_lined"]) < 0.5 * ratio and noise_level(imgs["d_noisy"]) > 1.5 * noise
+    models = tmp_path / "models"
+    for name, extra in (("ref", {"lr_fast_axis_ratio": ratio, "lr_noise_level": noise}), ("old", {})):
+        meta = make_meta(arch="resnet18", lr_space=True, encoder_stride=16, **extra)
+        save_model(build_model(meta), meta, name, models)
+    image_gen.main(str(src), str(tmp_path / "out"), models=["ref", "old"], model_dir=str(models))
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if "like this one" in ln]
+    assert len(warned) == 2 and all("LR_DIR=" in ln for ln in warned)
+    assert "b_lined.tif: ref: 2 input file(s) like this one are smoother along x" in warned[0]
+    assert f"vs {ratio:.2f})" in warned[0]
+    assert "d_noisy.tif: ref: 1 input file(s) like this one are noisier" in warned[1]

@@ -12,16 +12,16 @@ import torch
 
 import utils  # noqa: F401
 import train
-from utils.crappifiers import (crappify, downsample, draw_strength, parse_bandwidth, parse_blur, parse_strength,
-                               probe_blur, scan_bandwidth)
+from utils.crappifiers import (crappify, downsample, draw_bandwidth, draw_strength, parse_bandwidth, parse_blur,
+                               parse_share, parse_strength, probe_blur, scan_bandwidth)
 from utils.data import EDGE_P, edge_window, find_hr_tiles
 from utils.errors import PSSRError
 from utils.model import load_model
 from utils.norm import to_uint8
 from utils.onthefly import Draws, FreshPairs, make_fly_dls, read_hr_stack
-from utils.quick import (SSIM_WEIGHT, bandwidth_range, estimate_bandwidth, estimate_strength, fast_axis_ratio,
-                         noise_sigma, pick_stride, pick_tile, pick_workers,
-                         pipeline_rate, sample_rate, strength_range)
+from utils.lrstats import fast_axis_ratio, noise_sigma
+from utils.quick import (SSIM_WEIGHT, bandwidth_range, estimate_bandwidth, estimate_strength, pick_stride, pick_tile,
+                         pick_workers, pipeline_rate, sample_rate, strength_range)
 from utils.restore import frame_windows
 from utils.tiling import DatasetSpec, make_dataset
 
@@ -146,6 +146,29 @@ def test_bandwidth_smooths_the_lr_along_x_only(hr_sets):
     assert all(torch.equal(zero[i][0], white[i][0]) for i in range(3))
 
 
+def test_bandwidth_share_smooths_some_stacks_only(hr_sets):
+    """--crap_bandwidth_share: that share of the stacks is smoothed along x, the rest keeps the white noise of
+    runs without it; a share of 1 draws exactly what the option drew before, and off draws nothing."""
+    rngs = [np.random.default_rng(3) for _ in range(3)]
+    assert draw_bandwidth(rngs[0], (0.5, 1.0)) == draw_bandwidth(rngs[1], (0.5, 1.0), 1.0) > 0
+    assert draw_bandwidth(rngs[2], (0.0, 0.0), 0.5) == draw_bandwidth(rngs[2], (0.5, 1.0), 0.0) == 0
+    assert rngs[2].random() == np.random.default_rng(3).random()  # nothing drawn
+    rng = np.random.default_rng(0)
+    assert 0.25 < np.mean([draw_bandwidth(rng, (0.5, 1.0), 0.33) > 0 for _ in range(2000)]) < 0.41
+    items = [f for _, f in find_hr_tiles(hr_sets, "s_1_sample_hr", "s", 64, 1, 48).pairs["train"]]
+    plain = FreshPairs(items, 1, 48, Draws("no_crap"))
+    some = FreshPairs(items, 1, 48, Draws("no_crap", bandwidth=(1.0, 1.0), bandwidth_share=0.5))
+    smoothed = [not torch.equal(plain[i][0], some[i][0]) for i in range(len(items))]
+    assert any(smoothed) and not all(smoothed)
+    for i in np.flatnonzero(smoothed):
+        want = to_uint8(scan_bandwidth(downsample(some[i][1][0].numpy(), 4), 1.0)) / np.float32(255)
+        assert np.array_equal(some[i][0][0].numpy(), want)
+    assert parse_share(0.33) == 0.33 and parse_share(1) == 1.0
+    for bad in (1.5, -0.1, "x", True):
+        with pytest.raises(PSSRError, match="--crap_bandwidth_share"):
+            parse_share(bad)
+
+
 def test_multi_frame_fresh_pairs(hr_sets):
     spec = find_hr_tiles(hr_sets / "mf", "t_5_sample_hr", "t", 64, 5, 64)
     dls = make_fly_dls([f for _, f in spec.pairs["train"]], [f for _, f in spec.pairs["valid"]], 5, 64,
@@ -198,11 +221,12 @@ def test_strength_scales_the_noise():
 def test_train_on_the_fly_end_to_end(hr_sets, tmp_path):
     train.main(datasetname="s_1_sample_hr", data_path=str(hr_sets), model_dir=str(tmp_path), save_name="fly",
                arch="resnet18", bs=4, size=64, tile_sz=64, cycles=1, lr=1e-3, attn=False, fp32=True,
-               crap_func="em_AG_D_sameas_preprint", crap_strength="0.5,2", crap_blur="0,1", crap_bandwidth="0,0.8")
+               crap_func="em_AG_D_sameas_preprint", crap_strength="0.5,2", crap_blur="0,1", crap_bandwidth="0,0.8",
+               crap_bandwidth_share=0.5)
     model, meta = load_model("s_1_fly_e1", tmp_path)
     assert meta["on_the_fly"] and meta["crap_func"] == "em_AG_D_sameas_preprint"
     assert meta["crap_strength"] == [0.5, 2.0] and meta["crap_blur"] == [0.0, 1.0] and meta["max_rotate"] == 10
-    assert meta["crap_bandwidth"] == [0.0, 0.8]
+    assert meta["crap_bandwidth"] == [0.0, 0.8] and meta["crap_bandwidth_share"] == 0.5
     assert isinstance(meta["beats_bilinear"], bool) and meta["bilinear_valid_loss"] > 0
     assert torch.load(tmp_path / "s_1_fly_e1.opt", weights_only=True)["hypers"]  # plain, safe to load
 
@@ -320,17 +344,20 @@ def test_quick_sh_end_to_end(sample_tree, tmp_path):
     assert meta["load_name"] is None and "LR=0.01" in log
     assert "STRENGTH=0.2,2" in log  # no LR_DIR: 0.2-2x the paper's noise level
     assert "BANDWIDTH=0\n" in log and meta["crap_bandwidth"] == [0, 0]  # and white noise, as the paper
+    assert 0.85 < meta["lr_fast_axis_ratio"] < 1.15 and 0 < meta["lr_noise_level"] < 0.5  # image_gen's reference
 
 
 def test_quick_sh_fits_epochs_to_the_time_left(sample_tree, tmp_path):
     """EPOCHS left to the plan: train.py gets the time left (--minutes; of a 1-minute budget, at least the floor
     of 0.1) and re-plans the epochs from the first one's time (tiny epochs: up to 4x the plan), and the model is
-    named without `_e{epochs}`. A plan value fixed from the environment (BANDWIDTH) reaches train.py."""
+    named without `_e{epochs}`. Plan values fixed from the environment (BANDWIDTH, BANDWIDTH_SHARE) reach
+    train.py."""
     name, log = run_quick(sample_tree, tmp_path, "em", "em_AG_D_sameas_preprint", MINUTES="1", EPOCHS=None,
-                          BANDWIDTH="0.5,1")
+                          BANDWIDTH="0.5,1", BANDWIDTH_SHARE="0.4")
     assert name == "s_1_quick_em_AG_D_sameas_preprint"
     _, meta = load_model(name, tmp_path / "work" / "models")
-    assert meta["crap_bandwidth"] == [0.5, 1.0] and "bandwidth 0.5,1" in log
+    assert meta["crap_bandwidth"] == [0.5, 1.0] and meta["crap_bandwidth_share"] == 0.4
+    assert "bandwidth 0.5,1 for 0.4 of the tiles" in log
     planned = int(next(ln.split("=")[1] for ln in log.splitlines() if ln.strip().startswith("EPOCHS=")))
     assert 0.1 <= meta["schedule"][0]["stages"][0]["minutes"] < 1 and 1 <= meta["epochs"] <= 4 * planned
 

@@ -19,7 +19,7 @@ from skimage.transform import resize
 from .errors import PSSRError, fail
 
 __all__ = ["CRAPPIFIERS", "crappifier", "crappify", "downsample", "parse_strength", "parse_blur", "parse_bandwidth",
-           "draw_strength", "probe_blur", "scan_bandwidth"]
+           "draw_strength", "draw_bandwidth", "parse_share", "probe_blur", "scan_bandwidth"]
 
 Crappifier = Callable[..., np.ndarray]
 CRAPPIFIERS: Dict[str, Crappifier] = {}
@@ -88,6 +88,24 @@ def draw_strength(rng: np.random.Generator, lo: float, hi: float) -> float:
     if lo == 0:
         return float(rng.uniform(0, hi))
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def parse_share(value) -> float:
+    """`--crap_bandwidth_share`: the share of training stacks smoothed along x, from 0 to 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        fail(None, f"--crap_bandwidth_share must be a share from 0 to 1, not {value!r}")
+    return float(value)
+
+
+def draw_bandwidth(rng: np.random.Generator, sigmas: Tuple[float, float], share: float = 1.0) -> float:
+    """A detector-bandwidth sigma, uniform in `sigmas`, for a `share` of the stacks (0 for the rest: white noise).
+    Nothing is drawn when it is off, and no coin when every stack gets one, so the seeds of runs without
+    either keep their pairs."""
+    if sigmas[1] <= 0 or share <= 0:
+        return 0.0
+    if share < 1 and rng.random() >= share:
+        return 0.0
+    return float(rng.uniform(*sigmas))
 
 
 def probe_blur(frames: np.ndarray, sigma: float) -> np.ndarray:

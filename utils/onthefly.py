@@ -23,7 +23,7 @@ from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 
-from .crappifiers import crappify, draw_strength, probe_blur, scan_bandwidth
+from .crappifiers import crappify, draw_bandwidth, draw_strength, probe_blur, scan_bandwidth
 from .data import EDGE_P, affine_crop, dihedral, dihedral_matrix, edge_window, read_tile
 from .norm import to_uint8
 
@@ -72,6 +72,7 @@ class Draws:
     max_zoom: float = 1.0    # are centre crops)
     blur: Tuple[float, float] = (0.0, 0.0)  # probe blur sigma range in HR px, drawn uniformly per stack
     bandwidth: Tuple[float, float] = (0.0, 0.0)  # detector smoothing along x, sigma range in LR px, per stack
+    bandwidth_share: float = 1.0  # the share of stacks that get it (the rest white, as the paper)
 
 
 class FreshPairs:
@@ -100,7 +101,7 @@ class FreshPairs:
             hr = centre_crop(hr, self.size)
         s = draw_strength(rng, *d.strength)
         src = probe_blur(hr, float(rng.uniform(*d.blur))) if d.blur[1] > 0 else hr  # no draw: old seeds hold
-        bw = float(rng.uniform(*d.bandwidth)) if d.bandwidth[1] > 0 else 0.0
+        bw = draw_bandwidth(rng, d.bandwidth, d.bandwidth_share)
         # LR is stored as uint8 like real 8-bit scans and step-2 tiles, so both paths see the same quantization.
         lr = np.stack([to_uint8(scan_bandwidth(crappify(d.crap_func, f, d.scale, rng, s), bw))
                        for f in src]).astype(np.float32) / 255

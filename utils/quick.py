@@ -36,6 +36,7 @@ import torch
 
 from .crappifiers import check_crappifier, crappify, scan_bandwidth
 from .errors import fail, run_cli
+from .lrstats import centre_crop, fast_axis_ratio, lr_sample, noise_sigma
 from .loss import sr_loss
 from .model import LR_HEADS, build_model
 from .norm import normalize, percentiles, to_uint8
@@ -43,9 +44,8 @@ from .onthefly import augment_hr
 from .sources import find_images, open_source
 from .speed import native_bf16
 
-__all__ = ["pick_tile", "pick_stride", "noise_sigma", "estimate_strength", "strength_range", "fast_axis_ratio",
-           "estimate_bandwidth", "bandwidth_range", "training_rate", "sample_rate", "pick_workers", "pipeline_rate",
-           "make_plan"]
+__all__ = ["pick_tile", "pick_stride", "estimate_strength", "strength_range", "estimate_bandwidth", "bandwidth_range",
+           "training_rate", "sample_rate", "pick_workers", "pipeline_rate", "make_plan"]
 
 TILES = (256, 128, 64)  # HR tile sides, largest first: larger crops give the U-Net more context per step
 MIN_BOTTLENECK = 4
@@ -86,31 +86,22 @@ def pick_stride(tile: int, scale: int) -> int:
     return 8
 
 
-def noise_sigma(img: np.ndarray) -> float:
-    """Gaussian noise sigma of a [0, 1] image (wavelet estimate, Donoho): works on a single noisy frame."""
-    from skimage.restoration import estimate_sigma
-    return float(estimate_sigma(np.asarray(img, np.float64)))
-
-
 def _frames(df: pd.DataFrame, n: int, rng: np.random.Generator):
-    """Up to `n` normalized training frames (crop to 512 px) from the step-1 CSV."""
+    """Up to `n` normalized training frames (their central crops) from the step-1 CSV."""
     rows = df[df.dsplit == "train"]
     for _, r in rows.iloc[rng.permutation(len(rows))[:n]].iterrows():
         with open_source(r.fn, live=int(r.nt) > 1 and int(r.nz) == 1) as src:
-            h, w = min(src.ny, 512), min(src.nx, 512)
-            yield normalize(src.read(int(r.c), int(r.z), int(r.t), ((src.ny - h) // 2, (src.nx - w) // 2, h, w)),
-                            float(r.mi), float(r.ma))
+            yield normalize(centre_crop(src, int(r.c), int(r.z), int(r.t)), float(r.mi), float(r.ma))
 
 
 def _lr_frames(lr_dir: Path, n: int = 8):
-    """The middle frame of each of the first `n` images of LR_DIR, normalized."""
+    """The middle frame's central crop of each of the first `n` images of LR_DIR, normalized."""
     lrs = find_images(Path(lr_dir), recursive=True)
     if not lrs:
         fail(lr_dir, "LR_DIR holds no .tif/.tiff/.czi images")
     for p in lrs[:n]:
         with open_source(p) as src:
-            f = src.read(0, src.nz // 2, src.nt // 2)
-            yield normalize(f, *percentiles(f))
+            yield lr_sample(src)
 
 
 def estimate_strength(df: pd.DataFrame, crap_func: str, lr_dir: Path, scale: int = 4, seed: int = 0,
@@ -185,13 +176,6 @@ def sample_rate(df: pd.DataFrame, crap_func: str, tile: int, n_frames: int, scal
         return reps / (time.perf_counter() - t0)
     finally:
         torch.set_num_threads(old)
-
-
-def fast_axis_ratio(img: np.ndarray) -> float:
-    """Variance of neighbour differences along x over that along y: ~1 for white noise on isotropic structure,
-    lower where a detector's bandwidth smooths the scan lines (signal and noise) along x."""
-    img = np.asarray(img, np.float64)
-    return float(np.diff(img, axis=1).var() / max(np.diff(img, axis=0).var(), 1e-12))
 
 
 def estimate_bandwidth(df: pd.DataFrame, crap_func: str, lr_dir: Path, scale: int = 4, seed: int = 0,
@@ -270,6 +254,7 @@ def make_plan(info: Path, crap_func: str, n_frames: int = 1, minutes: float = 15
             centre, sigma = estimate_strength(df, crap_func, Path(lr_dir), scale, seed, bandwidth)
         plan["LR_SIGMA"], plan["LR_BANDWIDTH"] = round(sigma, 4), round(bandwidth, 2)
     plan["STRENGTH"], plan["BANDWIDTH"] = strength_range(centre), bandwidth_range(bandwidth)
+    plan["BANDWIDTH_SHARE"] = 1  # what LR_DIR measured, on every tile (README: a share of them is a hedge)
     return plan
 
 

@@ -28,13 +28,14 @@ import numpy as np
 
 from .errors import fail
 from .fileio import atomic_path
+from .lrstats import lr_reference
 from .model import load_safe, model_paths, save_model
 from .speed import native_bf16
 
 __all__ = ["psnr", "ssim", "sr_metrics", "CPUFastPath", "add_precision", "unet_splitter", "BestModel",
            "EpochCheckpoint", "TimeBudget", "Stage", "Round", "read_schedule", "single_round", "lr_arg", "N_GROUPS",
-           "ckpt_path", "read_ckpt", "unwrap", "plain_opt_state", "bilinear_baseline", "export_learner", "fit_rounds",
-           "plan_of", "WeightAverage", "keep_better"]
+           "ckpt_path", "read_ckpt", "unwrap", "plain_opt_state", "bilinear_baseline", "valid_lr_reference",
+           "export_learner", "fit_rounds", "plan_of", "WeightAverage", "keep_better"]
 
 
 def psnr(pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
@@ -437,6 +438,12 @@ def bilinear_baseline(learn: Learner, scale: int) -> tuple:
         s += float(ssim(up, yb)) * len(xb)
         n += len(xb)
     return l / n, p / n, s / n
+
+
+def valid_lr_reference(learn: Learner) -> dict:
+    """`utils.lrstats.lr_reference` of the validation LR tiles' centre frames: what image_gen compares the LR it
+    restores with."""
+    return lr_reference(x[len(x) // 2].float().cpu().numpy() for xb, _ in learn.dls.valid for x in xb)
 
 
 def plan_of(rounds: List[Round]) -> list:

@@ -1,0 +1,55 @@
+"""utils.lrstats: what an LR image shows of its acquisition, and how it is compared with a model's training LR."""
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from scipy.ndimage import gaussian_filter, gaussian_filter1d
+
+from utils.lrstats import (CROP, NOISIER, SMOOTHER_ALONG_X, centre_crop, fast_axis_ratio, lr_reference, lr_sample,
+                           noise_level, unlike_training)
+from utils.sources import open_source
+
+
+def _lr(seed: int, noise: float, shape=(96, 96)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = gaussian_filter(rng.normal(size=shape), 3)
+    x = (x - x.min()) / (x.max() - x.min()) + rng.normal(0, noise, shape)
+    return (np.clip(x, 0, 1) * 255).astype(np.uint8)
+
+
+def test_lr_reference_is_the_median_ratio_and_the_noisy_end_of_the_noise():
+    """The ratio is the frames' median; the noise level their 90th percentile, so a range of drawn noise
+    levels is remembered by its noisy end, and the level grows with the noise whatever the image's range."""
+    quiet, loud = [_lr(i, 0.03) for i in range(5)], [_lr(10 + i, 0.2) for i in range(5)]
+    ref = lr_reference(quiet + loud)
+    assert np.median([noise_level(f) for f in loud]) * 0.9 < ref["lr_noise_level"] <= max(map(noise_level, loud))
+    assert ref["lr_noise_level"] > 2 * np.median([noise_level(f) for f in quiet])
+    assert abs(ref["lr_fast_axis_ratio"] - 1) < 0.2
+    assert noise_level(quiet[0]) == noise_level(quiet[0].astype(np.float32) * 7 + 3)
+
+
+def test_centre_crop_reads_only_the_middle(tmp_path: Path):
+    big = np.arange(1000 * 700, dtype=np.uint16).reshape(1000, 700)
+    tifffile.imwrite(tmp_path / "big.tif", big)
+    with open_source(tmp_path / "big.tif") as src:
+        crop = centre_crop(src)
+        assert crop.shape == (CROP, CROP) and np.array_equal(crop, big[244:244 + CROP, 94:94 + CROP])
+        assert lr_sample(src).shape == (CROP, CROP) and lr_sample(src).max() <= 1
+
+
+def test_unlike_training_names_what_the_model_never_saw(tmp_path: Path):
+    white = _lr(0, 0.08)
+    lined = (gaussian_filter1d(white.astype(np.float32), 1.0, axis=1)).astype(np.uint8)
+    noisy = _lr(1, 0.35)
+    meta = {"lr_fast_axis_ratio": fast_axis_ratio(white), "lr_noise_level": noise_level(white)}
+    found = {}
+    for name, img in (("white", white), ("lined", lined), ("noisy", noisy)):
+        tifffile.imwrite(tmp_path / f"{name}.tif", img)
+        with open_source(tmp_path / f"{name}.tif") as src:
+            found[name] = unlike_training(src, meta)
+            assert unlike_training(src, {}) == []  # a model that recorded neither
+    assert found["white"] == []
+    (kind, ratio), = found["lined"]
+    assert kind == "smoother" and ratio < SMOOTHER_ALONG_X * meta["lr_fast_axis_ratio"]
+    (kind, noise), = found["noisy"]
+    assert kind == "noisier" and noise > NOISIER * meta["lr_noise_level"]

@@ -1,0 +1,80 @@
+"""What a low-resolution scan shows of how it was acquired, read from the image alone: its noise level and how
+much smoother it is along its scan lines (x, the fast axis) than across them. quick.sh's planner matches the
+crappifier to a lab's real LR with them (utils.quick); train.py records them for its validation LR in the
+model's `.json`, and image_gen.py says when the LR it restores is noisier, or smoother along its lines (a
+detector's bandwidth), than any the model trained on: there its gain over bilinear vanishes."""
+from typing import Iterable, List, Tuple
+
+import numpy as np
+
+from .norm import normalize, percentiles
+from .sources import Source
+
+__all__ = ["CROP", "SMOOTHER_ALONG_X", "NOISIER", "noise_sigma", "noise_level", "fast_axis_ratio", "centre_crop",
+           "lr_sample", "lr_reference", "unlike_training"]
+
+CROP = 512  # px: what the estimates read of a frame (noise and neighbour statistics need no more)
+# Input / training fast-axis ratio below which image_gen warns: real-EM LR with white noise read 0.95-1.03 of
+# the crappified training LR's ratio, noise-free LR 0.95; LR smoothed along x by sigma 0.45 LR px reads ~0.8,
+# and from ~0.5 on the default model's gain over bilinear fell from +0.38 to +0.05 dB (README, "A fast scan's
+# detector bandwidth").
+SMOOTHER_ALONG_X = 0.8
+# Input / training noise level (the 90th percentile of the validation LR's, ~the top of the drawn range) above
+# which image_gen warns: on real EM, LR at 1.2x it (`dose20`) still gained +0.47 dB over bilinear, at 1.7x
+# +0.20, at 2.5x -0.04 (README, "LR noisier than the training LR").
+NOISIER = 1.25
+
+
+def noise_sigma(img: np.ndarray) -> float:
+    """Gaussian noise sigma of a [0, 1] image (wavelet estimate, Donoho): works on a single noisy frame."""
+    from skimage.restoration import estimate_sigma
+    return float(estimate_sigma(np.asarray(img, np.float64)))
+
+
+def fast_axis_ratio(img: np.ndarray) -> float:
+    """Variance of neighbour differences along x over that along y: ~1 for white noise on isotropic structure,
+    lower where a detector's bandwidth smooths the scan lines (signal and noise) along x."""
+    img = np.asarray(img, np.float64)
+    return float(np.diff(img, axis=1).var() / max(np.diff(img, axis=0).var(), 1e-12))
+
+
+def centre_crop(src: Source, c: int = 0, z: int = 0, t: int = 0, side: int = CROP) -> np.ndarray:
+    """The central `side` x `side` pixels of a frame (all of a smaller one), as stored: memory bounded by the
+    crop, not the frame (a 24576² EM slice)."""
+    h, w = min(src.ny, side), min(src.nx, side)
+    return src.read(c, z, t, ((src.ny - h) // 2, (src.nx - w) // 2, h, w))
+
+
+def lr_sample(src: Source) -> np.ndarray:
+    """The middle frame's central crop, normalized by its own percentiles: what the estimates read of an LR
+    image."""
+    f = centre_crop(src, 0, src.nz // 2, src.nt // 2)
+    return normalize(f, *percentiles(f))
+
+
+def noise_level(img: np.ndarray) -> float:
+    """`noise_sigma` of an image normalized by its own percentiles: comparable between a training tile and a
+    real LR frame whatever their ranges."""
+    img = np.asarray(img, np.float32)
+    return noise_sigma(normalize(img, *percentiles(img)))
+
+
+def lr_reference(frames: Iterable[np.ndarray]) -> dict:
+    """What a model's training LR looked like, for its `.json`: the median fast-axis ratio and the 90th
+    percentile of the noise level of its validation LR frames (with a drawn noise range, about its top)."""
+    frames = list(frames)
+    return {"lr_fast_axis_ratio": float(np.median([fast_axis_ratio(f) for f in frames])),
+            "lr_noise_level": float(np.percentile([noise_level(f) for f in frames], 90))}
+
+
+def unlike_training(src: Source, meta: dict) -> List[Tuple[str, float]]:
+    """What the LR image `src` shows that the model (`meta`, its `.json`) never trained on: ("smoother", its
+    fast-axis ratio) below SMOOTHER_ALONG_X times the training LR's, ("noisier", its noise level) above NOISIER
+    times the training LR's. Empty for a model that recorded neither (trained before they were)."""
+    ratio, noise = meta.get("lr_fast_axis_ratio"), meta.get("lr_noise_level")
+    if not (ratio or noise):
+        return []
+    img = lr_sample(src)
+    seen = (("smoother", fast_axis_ratio(img) if ratio else None, lambda r: r < SMOOTHER_ALONG_X * ratio),
+            ("noisier", noise_level(img) if noise else None, lambda n: n > NOISIER * noise))
+    return [(kind, value) for kind, value, unlike in seen if value is not None and unlike(value)]
