@@ -185,7 +185,7 @@ def main(src_dir: str, out_dir: str, models: Union[None, str, Sequence[str]] = N
 UNLIKE = {  # kind: (what the input is, the .json key of the training LR's value, what the model never saw)
     "smoother": ("smoother along x (the scan lines) than the model's training LR (fast-axis ratio",
                  "lr_fast_axis_ratio", "a detector bandwidth it never saw"),
-    "noisier": ("noisier than the model's training LR (noise level", "lr_noise_level",
+    "noisier": ("noisier than any of the model's training LR (noise level", "lr_noise_level",
                 "noise beyond its training range"),
 }
 
@@ -198,8 +198,8 @@ def warn_unlike(jobs: list, unlike: set) -> None:
         (j, value), meta = hits[0], jobs[hits[0][0]][0][2]
         what, key, why = UNLIKE[kind]
         warn(jobs[j][1], f"{name}: {len(hits)} input file(s) like this one are {what} {value:.2f} vs {meta[key]:.2f}): "
-                         f"{why}, so expect little gain over bilinear. Train for it: LR_DIR=<these LR images> "
-                         f"recipes/quick.sh ...")
+                         f"{why}, so expect little gain over bilinear. LR_DIR=<these LR images> recipes/quick.sh ... "
+                         f"trains on LR like them")
 
 
 def output_path(folder: Path, path: Path, name: str, out_format: str = "tif") -> Path:

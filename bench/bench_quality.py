@@ -86,6 +86,7 @@ VARIANTS = {
     "lr_dir_dose20": {"LR_DIR": "{data}/test/lr_dose20"},
     "lr_dir_lines": {"LR_DIR": "{data}/test/lr_lines"},  # LR smoothed along x: sets BANDWIDTH too
     "lr_dir_rc": {"LR_DIR": "{data}/test/lr_rc"},  # ... by a response shape training does not draw
+    "lr_dir_dose2": {"LR_DIR": "{data}/test/lr_dose2"},  # LR beyond the default noise range
 }
 Degradation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 SCALE = 4  # every test degradation samples 1 pixel in 4 along each axis
@@ -118,7 +119,8 @@ def degrade_scan(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 # (quick.sh's noise range stops at 0.2x: does a model smooth away detail that noise-free LR carries?). A fast
 # scan's detector chain smooths along the fast axis (x), signal and noise alike: `lines` is `scan` through a
 # zero-phase Gaussian response (sigma 0.7 LR px) with an offset per line, `rc` through a first-order (RC)
-# response (time constant 0.7 LR px) whose lag is shifted back, as a scanner's delay compensation does.
+# response (time constant 0.7 LR px) whose lag is shifted back, as a scanner's delay compensation does. `dose5`
+# and `dose2` are `scan` at 5 and 2 photons: noisier than the top of the training range.
 FOREIGN_EM = {
     "stride": lambda hr, rng: counted(gaussian_filter(hr, 1.0)[::4, ::4], rng),
     "area": lambda hr, rng: counted(hr.reshape(hr.shape[0] // 4, 4, hr.shape[1] // 4, 4).mean((1, 3)), rng),
@@ -128,6 +130,8 @@ FOREIGN_EM = {
     "clean": lambda hr, rng: to_uint8(sampled(hr)),
     "lines": lambda hr, rng: scan_lines(hr, rng),
     "rc": lambda hr, rng: scan_rc(hr, rng),
+    "dose5": lambda hr, rng: counted(sampled(hr), rng, 5),
+    "dose2": lambda hr, rng: counted(sampled(hr), rng, 2),
 }
 
 

@@ -116,6 +116,17 @@ def test_detector_bandwidth_sets_are_smoother_along_the_lines():
     assert ratio["lines"] < 0.6 and ratio["rc"] < 0.8 and 0.9 < ratio["scan"] < 1.1, ratio
 
 
+def test_low_dose_sets_are_noisier_than_scan():
+    """`dose5` and `dose2` are `scan` at fewer photons: noisier in that order, as image_gen's check reads it."""
+    from scipy.ndimage import gaussian_filter
+    from utils.lrstats import noise_level
+    hr = gaussian_filter(np.random.default_rng(0).random((512, 512)), 4).astype(np.float32)
+    hr = 0.2 + 0.6 * (hr - hr.min()) / (hr.max() - hr.min())
+    level = {k: noise_level(f(hr, np.random.default_rng(1))) for k, f in
+             (("scan", bq.degrade_scan), ("dose5", bq.FOREIGN_EM["dose5"]), ("dose2", bq.FOREIGN_EM["dose2"]))}
+    assert level["scan"] < 0.8 * level["dose5"] < 0.8 * 0.8 * level["dose2"], level
+
+
 def test_em_training_source_can_be_cut_to_fewer_slices(tmp_path):
     isbi = tmp_path / "vol.tif"
     tifffile.imwrite(isbi, np.random.default_rng(0).integers(0, 256, (30, 64, 64)).astype(np.uint8))

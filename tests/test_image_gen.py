@@ -212,7 +212,7 @@ def test_pixel_size_option_overrides_the_file_and_unknown_sizes_do_nothing(model
 
 def test_lr_smoother_or_noisier_than_the_training_lr_is_said_once(tmp_path, capsys):
     """LR smoothed along x (a detector too slow for the scan) below 0.8x the fast-axis ratio of the model's
-    training LR, or noisier than 1.25x its noise level (its .json's lr_fast_axis_ratio, lr_noise_level): one
+    training LR, or noisier than 1.4x its noise level (its .json's lr_fast_axis_ratio, lr_noise_level): one
     warning per model and kind at the end, naming a file and the count; LR like the training LR, and a model
     that recorded neither, say nothing."""
     from scipy.ndimage import gaussian_filter1d

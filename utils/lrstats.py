@@ -14,15 +14,16 @@ __all__ = ["CROP", "SMOOTHER_ALONG_X", "NOISIER", "noise_sigma", "noise_level", 
            "lr_sample", "lr_reference", "unlike_training"]
 
 CROP = 512  # px: what the estimates read of a frame (noise and neighbour statistics need no more)
-# Input / training fast-axis ratio below which image_gen warns: real-EM LR with white noise read 0.95-1.03 of
-# the crappified training LR's ratio, noise-free LR 0.95; LR smoothed along x by sigma 0.45 LR px reads ~0.8,
-# and from ~0.5 on the default model's gain over bilinear fell from +0.38 to +0.05 dB (README, "A fast scan's
-# detector bandwidth").
+# The training LR is remembered by its ends (lr_reference): the 10th percentile of its validation tiles'
+# fast-axis ratios (its smoother end) and the largest of their noise levels. Input below SMOOTHER_ALONG_X times
+# the first, or above NOISIER times the second, is LR the model never trained on (image_gen warns). On real EM
+# (README, "LR unlike the training LR") the default model's ends read 0.85 and 0.17: white-noise LR 0.92-0.99
+# and noise-free LR 0.92 pass; LR smoothed along x by a Gaussian of 0.7 LR px (0.43, gain over bilinear +0.07
+# dB) or a first-order response (0.64, +0.11) do not; 20 photons per white pixel (1.11x, +0.47 dB) passes, 5
+# (1.67x, +0.21) and 2 (2.3x, -0.04) do not. A model trained on LR like the last (LR_DIR) read 0.23: 5 photons
+# pass (1.27x, +0.50), 2 do not (1.75x, +0.07).
 SMOOTHER_ALONG_X = 0.8
-# Input / training noise level (the 90th percentile of the validation LR's, ~the top of the drawn range) above
-# which image_gen warns: on real EM, LR at 1.2x it (`dose20`) still gained +0.47 dB over bilinear, at 1.7x
-# +0.20, at 2.5x -0.04 (README, "LR noisier than the training LR").
-NOISIER = 1.25
+NOISIER = 1.4
 
 
 def noise_sigma(img: np.ndarray) -> float:
@@ -60,17 +61,19 @@ def noise_level(img: np.ndarray) -> float:
 
 
 def lr_reference(frames: Iterable[np.ndarray]) -> dict:
-    """What a model's training LR looked like, for its `.json`: the median fast-axis ratio and the 90th
-    percentile of the noise level of its validation LR frames (with a drawn noise range, about its top)."""
+    """The ends of a model's training LR, for its `.json`, from its validation LR frames: the 10th percentile of
+    their fast-axis ratios (the smoother end; structure alone spreads them) and the largest noise level (with a
+    drawn noise range, its top)."""
     frames = list(frames)
-    return {"lr_fast_axis_ratio": float(np.median([fast_axis_ratio(f) for f in frames])),
-            "lr_noise_level": float(np.percentile([noise_level(f) for f in frames], 90))}
+    return {"lr_fast_axis_ratio": float(np.percentile([fast_axis_ratio(f) for f in frames], 10)),
+            "lr_noise_level": float(max(noise_level(f) for f in frames))}
 
 
 def unlike_training(src: Source, meta: dict) -> List[Tuple[str, float]]:
     """What the LR image `src` shows that the model (`meta`, its `.json`) never trained on: ("smoother", its
-    fast-axis ratio) below SMOOTHER_ALONG_X times the training LR's, ("noisier", its noise level) above NOISIER
-    times the training LR's. Empty for a model that recorded neither (trained before they were)."""
+    fast-axis ratio) below SMOOTHER_ALONG_X times the training LR's smoother end, ("noisier", its noise level)
+    above NOISIER times the training LR's noisiest. Empty for a model that recorded neither (trained before
+    they were)."""
     ratio, noise = meta.get("lr_fast_axis_ratio"), meta.get("lr_noise_level")
     if not (ratio or noise):
         return []

@@ -36,10 +36,10 @@ import torch
 
 from .crappifiers import check_crappifier, crappify, scan_bandwidth
 from .errors import fail, run_cli
-from .lrstats import centre_crop, fast_axis_ratio, lr_sample, noise_sigma
+from .lrstats import centre_crop, fast_axis_ratio, lr_sample, noise_level, noise_sigma
 from .loss import sr_loss
 from .model import LR_HEADS, build_model
-from .norm import normalize, percentiles, to_uint8
+from .norm import normalize, to_uint8
 from .onthefly import augment_hr
 from .sources import find_images, open_source
 from .speed import native_bf16
@@ -112,7 +112,7 @@ def estimate_strength(df: pd.DataFrame, crap_func: str, lr_dir: Path, scale: int
     real = [noise_sigma(f) for f in _lr_frames(lr_dir)]
     rng = np.random.default_rng(seed)
     crappified = (scan_bandwidth(crappify(crap_func, f, scale, rng), bandwidth) for f in _frames(df, 4, rng))
-    ours = [noise_sigma(normalize(c, *percentiles(c))) for c in crappified]
+    ours = [noise_level(c) for c in crappified]
     if not ours or np.median(ours) <= 0:
         fail(None, f"crappifier '{crap_func}' adds no measurable noise; cannot match LR_DIR's")
     return float(np.median(real) / np.median(ours)), float(np.median(real))
