@@ -193,13 +193,16 @@ UNLIKE = {  # kind: (what the input is, the .json key of the training LR's value
 def warn_unlike(jobs: list, unlike: set) -> None:
     """One line per model and kind of input unlike its training LR (utils.lrstats.unlike_training): there the
     model's gain over bilinear vanishes (README, Step 4)."""
-    for (name, kind) in dict.fromkeys((jobs[j][0][0], k) for j, k, _ in sorted(unlike)):
-        hits = sorted((j, v) for j, k, v in unlike if k == kind and jobs[j][0][0] == name)
-        (j, value), meta = hits[0], jobs[hits[0][0]][0][2]
+    groups: dict = {}
+    for j, kind, value in sorted(unlike):
+        groups.setdefault((jobs[j][0][0], kind), []).append((j, value))
+    for (name, kind), hits in groups.items():
+        j, value = hits[0]
+        (_, _, meta), path = jobs[j]
         what, key, why = UNLIKE[kind]
-        warn(jobs[j][1], f"{name}: {len(hits)} input file(s) like this one are {what} {value:.2f} vs {meta[key]:.2f}): "
-                         f"{why}, so expect little gain over bilinear. LR_DIR=<these LR images> recipes/quick.sh ... "
-                         f"trains on LR like them")
+        warn(path, f"{name}: {len(hits)} input file(s) like this one are {what} {value:.2f} vs {meta[key]:.2f}): "
+                   f"{why}, so expect little gain over bilinear. LR_DIR=<these LR images> recipes/quick.sh ... "
+                   f"trains on LR like them")
 
 
 def output_path(folder: Path, path: Path, name: str, out_format: str = "tif") -> Path:

@@ -77,7 +77,9 @@ def unlike_training(src: Source, meta: dict) -> List[Tuple[str, float]]:
     ratio, noise = meta.get("lr_fast_axis_ratio"), meta.get("lr_noise_level")
     if not (ratio or noise):
         return []
-    img = lr_sample(src)
-    seen = (("smoother", fast_axis_ratio(img) if ratio else None, lambda r: r < SMOOTHER_ALONG_X * ratio),
-            ("noisier", noise_level(img) if noise else None, lambda n: n > NOISIER * noise))
-    return [(kind, value) for kind, value, unlike in seen if value is not None and unlike(value)]
+    img, found = lr_sample(src), []
+    if ratio and (r := fast_axis_ratio(img)) < SMOOTHER_ALONG_X * ratio:
+        found.append(("smoother", r))
+    if noise and (n := noise_level(img)) > NOISIER * noise:
+        found.append(("noisier", n))
+    return found
