@@ -50,6 +50,9 @@ def test_unlike_training_names_what_the_model_never_saw(tmp_path: Path):
             found[name] = unlike_training(src, meta)
             assert unlike_training(src, {}) == []  # a model that recorded neither
     assert found["white"] == []
+    tifffile.imwrite(tmp_path / "blank.tif", np.full((64, 64), 7, np.uint8))
+    with open_source(tmp_path / "blank.tif") as src:  # an empty frame shows nothing of its acquisition
+        assert unlike_training(src, meta) == [] and fast_axis_ratio(np.zeros((8, 8))) == 1
     (kind, ratio), = found["lined"]
     assert kind == "smoother" and ratio < SMOOTHER_ALONG_X * meta["lr_fast_axis_ratio"]
     (kind, noise), = found["noisy"]

@@ -36,7 +36,10 @@ def fast_axis_ratio(img: np.ndarray) -> float:
     """Variance of neighbour differences along x over that along y: ~1 for white noise on isotropic structure,
     lower where a detector's bandwidth smooths the scan lines (signal and noise) along x."""
     img = np.asarray(img, np.float64)
-    return float(np.diff(img, axis=1).var() / max(np.diff(img, axis=0).var(), 1e-12))
+    along, across = np.diff(img, axis=1).var(), np.diff(img, axis=0).var()
+    if across <= 1e-12:  # a blank frame (1: no evidence of smoothing), or lines constant down the columns
+        return 1.0 if along <= 1e-12 else float("inf")
+    return float(along / across)
 
 
 def centre_crop(src: Source, c: int = 0, z: int = 0, t: int = 0, side: int = CROP) -> np.ndarray:
