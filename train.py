@@ -21,7 +21,8 @@ import torch
 from fastai.learner import Learner
 from fastai.torch_core import rank_distrib, set_seed
 
-from utils.crappifiers import check_crappifier, parse_bandwidth, parse_blur, parse_share, parse_strength
+from utils.crappifiers import (check_crappifier, parse_bandwidth, parse_blur, parse_counts, parse_share,
+                               parse_strength)
 from utils.data import MAX_ROTATE, MAX_ZOOM, find_dataset, find_hr_tiles, make_dls
 from utils.errors import fail, run_cli
 from utils.loss import sr_loss
@@ -95,13 +96,13 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
          data_path: str = "datasets", model_dir: str = "models", schedule: Optional[str] = None, seed: int = 0,
          device: Optional[str] = None, workers: int = 0, fp32: bool = False, resume: bool = False, force: bool = False,
          max_rotate: Optional[float] = None, max_zoom: Optional[float] = None, crap_func: Optional[str] = None,
-         crap_strength="1", crap_blur="0", crap_bandwidth="0", crap_bandwidth_share: float = 1.0,
+         crap_strength="1", crap_blur="0", crap_bandwidth="0", crap_bandwidth_share: float = 1.0, crap_counts="0",
          encoder_stride: Optional[int] = None,
          lr_head: str = LR_HEADS[0], ssim_weight: float = 0.0, minutes: Optional[float] = None,
          average_epochs: float = 0) -> None:
     """Train; every option as the original train.py plus --schedule/--lr_space/--weights/--seed/--device/
     --workers/--model_dir/--fp32/--resume/--force/--crap_func/--crap_strength/--crap_blur/--crap_bandwidth(_share)/
-    --minutes/--average_epochs (README, Step 3).
+    --crap_counts/--minutes/--average_epochs (README, Step 3).
 
     lr: as the original's `slice(lr)`, the encoder's two layer groups train at lr/10; --lr_start gives a range
     spaced linearly over the three groups (paper, Methods). residual: add the bilinear upsampling to the
@@ -111,7 +112,9 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     (HR px) drawn per tile before crappifying, for blurred real LR (off, as the paper). crap_bandwidth: a sigma
     range (LR px) of smoothing along x drawn per tile after crappifying, a fast scan's detector bandwidth (off,
     as the paper; utils.crappifiers.scan_bandwidth), for --crap_bandwidth_share of the tiles (default all; the rest
-    keep white noise). encoder_stride: 16 for
+    keep white noise). crap_counts: a range of detector counts for a white LR pixel, drawn per tile: shot noise
+    added to each LR pixel after crappifying, for LR noisier than the crappifier's noise reaches (off, as the
+    paper; utils.crappifiers.shot_noise). encoder_stride: 16 for
     --lr_space (its U-Net sees LR pixels), else the paper's 32. lr_head: the --lr_space upsampling head, `subpixel` (its
     last x2 step linear, 1.5x faster training) or `icnr` (every step ReLU'd at HR size, models before it was
     recorded; utils.model.sr_head). ssim_weight: adds this times (1 - SSIM) of the prediction fitted to the
@@ -145,11 +148,12 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
         fail(schedule, "--minutes fits one training stage to the time; a --schedule has its own epochs per round")
     strength, blur_range = parse_strength(crap_strength), parse_blur(crap_blur)
     bandwidth, share = parse_bandwidth(crap_bandwidth), parse_share(crap_bandwidth_share)
+    counts = parse_counts(crap_counts)
     fly = crap_func is not None
     if not fly and (strength != (1.0, 1.0) or blur_range != (0.0, 0.0) or bandwidth != (0.0, 0.0)
-                    or share != 1):
-        fail(None, "--crap_strength, --crap_blur and --crap_bandwidth(_share) act on pairs crappified on the fly: give "
-                   "--crap_func too")
+                    or share != 1 or counts != (0.0, 0.0)):
+        fail(None, "--crap_strength, --crap_blur, --crap_bandwidth(_share) and --crap_counts act on pairs crappified "
+                   "on the fly: give --crap_func too")
     max_rotate = (MAX_ROTATE if fly else 0.0) if max_rotate is None else float(max_rotate)
     max_zoom = (MAX_ZOOM if fly else 1.0) if max_zoom is None else float(max_zoom)
     encoder_stride = int(encoder_stride or (16 if lr_space else 32))
@@ -182,7 +186,7 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
                      weights=str(weights_file) if weights_file else None, norm=spec0.norm,
                      crap_func=crap_func or spec0.crap_func, crap_strength=list(strength) if fly else None,
                      crap_blur=list(blur_range) if fly else None, crap_bandwidth=list(bandwidth) if fly else None,
-                     crap_bandwidth_share=share if fly else None,
+                     crap_bandwidth_share=share if fly else None, crap_counts=list(counts) if fly else None,
                      on_the_fly=fly, max_rotate=max_rotate, max_zoom=max_zoom,
                      datasetname=datasetname, loss="l1" if l1_loss else "mse",
                      ssim_weight=float(ssim_weight), average_epochs=float(average_epochs), seed=seed,
@@ -195,7 +199,7 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     model = model.to(dev)
     precision = []
     draws = Draws(crap_func, scale, strength, seed, max_rotate, max_zoom, blur_range, bandwidth,
-                  share) if fly else None
+                  share, counts) if fly else None
 
     def make_learner(rnd):
         # --bs is per process: fastai's DistributedDL hands each rank whole batches of the loader's size, drawn

@@ -16,7 +16,8 @@
 # this many last epochs where they validate within 1% of the best epoch, default 4; 0 keeps the best epoch's).
 # Any value of the printed plan can be fixed from the environment (for every model trained), e.g. EPOCHS=40,
 # BANDWIDTH=0,1 (LR smoothed along its scan lines, which LR_DIR sets where it measures it; BANDWIDTH_SHARE=0.33
-# for a third of the tiles only),
+# for a third of the tiles only), COUNTS=5,80 (shot noise on each LR pixel, counts for white: LR_DIR sets it
+# for LR noisier than the crappifier reaches),
 # or NET="--encoder_stride 32" TILE=128 EPOCHS=3 for the paper's HR-space U-Net (the epochs are planned for the
 # --lr_space network, ~5x faster per image). Unless EPOCHS is fixed, train.py fits the epochs to the time left
 # (--minutes, re-planned from each epoch's measured time) and the models are named without `_e{epochs}`; a
@@ -62,11 +63,11 @@ train_model() {
     if [ "$FRESH" = 1 ]; then
         TILE_ARGS=(--hr_only) DATASET="${lt}_${nf}_quick_hr"
         FLY_ARGS=(--crap_func "$CRAP_FUNC" --crap_strength "$STRENGTH" --crap_bandwidth "$BANDWIDTH"
-                  --crap_bandwidth_share "$BANDWIDTH_SHARE")
+                  --crap_bandwidth_share "$BANDWIDTH_SHARE" --crap_counts "$COUNTS")
     else
         TILE_ARGS=(--crap_func "$CRAP_FUNC") DATASET="${lt}_${nf}_quick_${CRAP_FUNC}" FLY_ARGS=()
-        [ "$BANDWIDTH" = 0 ] || echo "== quick: note: FRESH=0 pairs are crappified once in step 2, without" \
-                                     "BANDWIDTH $BANDWIDTH (only pairs drawn on the fly take it)" >&2
+        [ "$BANDWIDTH $COUNTS" = "0 0" ] || echo "== quick: note: FRESH=0 pairs are crappified once in step 2," \
+            "without BANDWIDTH $BANDWIDTH or COUNTS $COUNTS (only pairs drawn on the fly take them)" >&2
     fi
     echo "== quick: step 2, $N_TRAIN + $N_VALID HR tiles of $TILE px" >&2
     "$PY" "$ROOT/tile_from_info.py" --out "$WORK/datasets" --info "$INFO" --tile "$TILE" --n_train "$N_TRAIN" \
@@ -81,7 +82,7 @@ train_model() {
     bw=$BANDWIDTH
     [ "$BANDWIDTH" = 0 ] || [ "$BANDWIDTH_SHARE" = 1 ] || bw+=" for $BANDWIDTH_SHARE of the tiles"
     echo "== quick: step 3, ${budget[1]:+about }$EPOCHS epochs${budget[1]:+ in ${budget[1]} min} of $CRAP_FUNC pairs" \
-         "(fresh: $FRESH, strength $STRENGTH, bandwidth $bw) on $DEVICE" >&2
+         "(fresh: $FRESH, strength $STRENGTH, bandwidth $bw, counts $COUNTS) on $DEVICE" >&2
     "$PY" "$ROOT/train.py" --datasetname "$DATASET" --data_path "$WORK/datasets" --model_dir "$WORK/models" \
         --save_name "$NAME" --lr_type "$lt" --n_frames "$nf" --arch "$ARCH" $NET --size "$TILE" \
         --tile_sz "$TILE" --bs "$BS" --workers "$WORKERS" --cycles "$EPOCHS" --lr_start "$LR" --lr "$LR" $LOSS \

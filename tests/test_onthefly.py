@@ -12,16 +12,18 @@ import torch
 
 import utils  # noqa: F401
 import train
-from utils.crappifiers import (crappify, downsample, draw_bandwidth, draw_strength, parse_bandwidth, parse_blur,
-                               parse_share, parse_strength, probe_blur, scan_bandwidth)
+from utils.crappifiers import (crappify, downsample, draw_bandwidth, draw_counts, draw_strength, parse_bandwidth,
+                               parse_blur, parse_counts, parse_share, parse_strength, probe_blur, scan_bandwidth,
+                               shot_noise)
 from utils.data import EDGE_P, edge_window, find_hr_tiles
 from utils.errors import PSSRError
 from utils.model import load_model
 from utils.norm import to_uint8
 from utils.onthefly import Draws, FreshPairs, make_fly_dls, read_hr_stack
 from utils.lrstats import fast_axis_ratio, noise_sigma
-from utils.quick import (SSIM_WEIGHT, bandwidth_range, estimate_bandwidth, estimate_strength, pick_stride, pick_tile,
-                         pick_workers, pipeline_rate, sample_rate, strength_range)
+from utils.quick import (COUNTS_RANGE, NOISE_RANGE, SSIM_WEIGHT, bandwidth_range, counts_range, estimate_bandwidth,
+                         estimate_strength, match_noise, pick_stride, pick_tile, pick_workers, pipeline_rate,
+                         sample_rate, strength_range)
 from utils.restore import frame_windows
 from utils.tiling import DatasetSpec, make_dataset
 
@@ -169,6 +171,53 @@ def test_bandwidth_share_smooths_some_stacks_only(hr_sets):
             parse_share(bad)
 
 
+def test_shot_noise_on_each_lr_pixel(hr_sets):
+    """--crap_counts: Poisson noise at the drawn counts for white on each LR pixel after crappifying (variance
+    mean / counts, mean kept), the target untouched; off (the default) draws nothing, so old seeds hold."""
+    flat = np.full((128, 128), 0.5, np.float32)
+    assert shot_noise(flat, 0, np.random.default_rng(0)) is flat
+    noisy = shot_noise(flat, 20, np.random.default_rng(0))
+    assert noisy.dtype == np.float32 and abs(noisy.mean() - 0.5) < 0.01 and noisy.var() == pytest.approx(0.5 / 20, 0.1)
+    assert parse_counts("5,80") == (5.0, 80.0) and parse_counts(0) == (0.0, 0.0)
+    for bad in ("0,5", "5,1", "x"):
+        with pytest.raises(PSSRError, match="--crap_counts"):
+            parse_counts(bad)
+    rng = np.random.default_rng(3)
+    assert draw_counts(rng, (0.0, 0.0)) == 0 and rng.random() == np.random.default_rng(3).random()
+    assert 5 <= draw_counts(rng, (5.0, 80.0)) <= 80
+    items = [f for _, f in find_hr_tiles(hr_sets, "s_1_sample_hr", "s", 64, 1, 48).pairs["train"]]
+    plain = FreshPairs(items, 1, 48, Draws("em_AG_D_sameas_preprint"))
+    off = FreshPairs(items, 1, 48, Draws("em_AG_D_sameas_preprint", counts=(0.0, 0.0)))
+    shot = FreshPairs(items, 1, 48, Draws("em_AG_D_sameas_preprint", counts=(5.0, 5.0)))
+    for i in range(3):
+        (lr0, hr0), (lr1, hr1), (lr2, _) = plain[i], shot[i], off[i]
+        assert torch.equal(hr0, hr1) and torch.equal(lr0, lr2)
+        assert noise_sigma(lr1[0].numpy()) > 1.5 * noise_sigma(lr0[0].numpy())
+        assert abs(float(lr1.mean() - lr0.mean())) < 0.05  # what clipping at white leaves of the mean
+
+
+def test_planner_adds_shot_noise_beyond_the_crappifiers_reach(sample_info, tmp_path):
+    """LR_DIR scans noisier than MAX_STRENGTH x the paper's level (where the crappifier's own noise stops
+    following its strength) give the plan shot noise at about their counts and the paper's strength range;
+    scans at the paper's level give none."""
+    import pandas as pd
+    df = pd.read_csv(sample_info)
+    em = df[df.category == "em"]
+    rng = np.random.default_rng(2)
+    for kind, counts in (("paper", 0), ("low_dose", 3)):
+        _write_lr(tmp_path / kind, em,
+                  lambda hr: shot_noise(crappify("em_AG_D_sameas_preprint", hr, 4, rng), counts, rng))
+    paper, low = (match_noise(em, "em_AG_D_sameas_preprint", tmp_path / kind) for kind in ("paper", "low_dose"))
+    assert paper["COUNTS"] == "0" and paper["STRENGTH"] != "0.2,2" and paper["LR_SIGMA"] < low["LR_SIGMA"]
+    lo, hi = (float(v) for v in low["COUNTS"].split(","))
+    counts = lo / COUNTS_RANGE[0]  # the estimate: the range's span is noise sigma 0.2-2x, the strength range's
+    assert low["STRENGTH"] == "0.2,2" and hi == pytest.approx(counts * COUNTS_RANGE[1], 0.01) and 1.5 < counts < 6, low
+    assert COUNTS_RANGE[1] / COUNTS_RANGE[0] == pytest.approx((NOISE_RANGE[1] / NOISE_RANGE[0]) ** 2)
+    assert match_noise(em, "em_AG_D_sameas_preprint") == dict(STRENGTH="0.2,2", BANDWIDTH="0", COUNTS="0",
+                                                              BANDWIDTH_SHARE=1)
+    assert counts_range(4.0) == "1,100" and counts_range(0.0) == "0"
+
+
 def test_multi_frame_fresh_pairs(hr_sets):
     spec = find_hr_tiles(hr_sets / "mf", "t_5_sample_hr", "t", 64, 5, 64)
     dls = make_fly_dls([f for _, f in spec.pairs["train"]], [f for _, f in spec.pairs["valid"]], 5, 64,
@@ -222,11 +271,12 @@ def test_train_on_the_fly_end_to_end(hr_sets, tmp_path):
     train.main(datasetname="s_1_sample_hr", data_path=str(hr_sets), model_dir=str(tmp_path), save_name="fly",
                arch="resnet18", bs=4, size=64, tile_sz=64, cycles=1, lr=1e-3, attn=False, fp32=True,
                crap_func="em_AG_D_sameas_preprint", crap_strength="0.5,2", crap_blur="0,1", crap_bandwidth="0,0.8",
-               crap_bandwidth_share=0.5)
+               crap_bandwidth_share=0.5, crap_counts="5,80")
     model, meta = load_model("s_1_fly_e1", tmp_path)
     assert meta["on_the_fly"] and meta["crap_func"] == "em_AG_D_sameas_preprint"
     assert meta["crap_strength"] == [0.5, 2.0] and meta["crap_blur"] == [0.0, 1.0] and meta["max_rotate"] == 10
     assert meta["crap_bandwidth"] == [0.0, 0.8] and meta["crap_bandwidth_share"] == 0.5
+    assert meta["crap_counts"] == [5.0, 80.0]
     assert isinstance(meta["beats_bilinear"], bool) and meta["bilinear_valid_loss"] > 0
     assert torch.load(tmp_path / "s_1_fly_e1.opt", weights_only=True)["hypers"]  # plain, safe to load
 
@@ -251,6 +301,18 @@ def test_crafted_pickles_never_run(tmp_path):
         with pytest.raises(PSSRError, match="refusing to unpickle"):
             load_safe(tmp_path / name, "optimizer state")
     assert not marker.exists()
+
+
+def _write_lr(folder: Path, rows, degrade) -> None:
+    """Stand-ins for a lab's real LR scans (LR_DIR): each frame of the step-1 `rows`, normalized as step 1
+    recorded it, degraded and stored as uint8."""
+    from utils.norm import normalize
+    from utils.sources import open_source
+    folder.mkdir()
+    for i, r in enumerate(rows.itertuples()):
+        with open_source(r.fn) as src:
+            hr = normalize(src.read(int(r.c), int(r.z), int(r.t)), r.mi, r.ma)
+        tifffile.imwrite(folder / f"{i}.tif", to_uint8(degrade(hr)))
 
 
 def test_planner_tiles_strides_and_noise_match(sample_info, tmp_path):
@@ -278,18 +340,12 @@ def test_planner_reads_a_detectors_bandwidth_from_real_lr(sample_info, tmp_path)
     """LR_DIR scans smoothed along x (a detector's bandwidth) give the plan a --crap_bandwidth range around the
     sigma that was applied, and the noise level read through it; scans with white noise give none."""
     import pandas as pd
-    from utils.norm import normalize
-    from utils.sources import open_source
     df = pd.read_csv(sample_info)
     em = df[df.category == "em"]
     rng = np.random.default_rng(1)
     for kind, sigma in (("white", 0.0), ("lined", 0.8)):
-        (tmp_path / kind).mkdir()
-        for i, r in enumerate(em.itertuples()):
-            with open_source(r.fn) as src:
-                hr = normalize(src.read(int(r.c), int(r.z), int(r.t)), r.mi, r.ma)
-            lr = scan_bandwidth(crappify("em_AG_D_sameas_preprint", hr, 4, rng), sigma)
-            tifffile.imwrite(tmp_path / kind / f"{i}.tif", to_uint8(lr))
+        _write_lr(tmp_path / kind, em, lambda hr: scan_bandwidth(crappify("em_AG_D_sameas_preprint", hr, 4, rng),
+                                                                 sigma))
     assert fast_axis_ratio(tifffile.imread(tmp_path / "lined/0.tif")) < 0.7
     assert estimate_bandwidth(em, "em_AG_D_sameas_preprint", tmp_path / "white") == 0
     found = estimate_bandwidth(em, "em_AG_D_sameas_preprint", tmp_path / "lined")
@@ -344,20 +400,21 @@ def test_quick_sh_end_to_end(sample_tree, tmp_path):
     assert meta["load_name"] is None and "LR=0.01" in log
     assert "STRENGTH=0.2,2" in log  # no LR_DIR: 0.2-2x the paper's noise level
     assert "BANDWIDTH=0\n" in log and meta["crap_bandwidth"] == [0, 0]  # and white noise, as the paper
+    assert "COUNTS=0\n" in log and meta["crap_counts"] == [0, 0]  # and no shot noise of its own
     assert 0.5 < meta["lr_fast_axis_ratio"] < 1.15 and 0 < meta["lr_noise_level"] < 0.5  # image_gen's reference
 
 
 def test_quick_sh_fits_epochs_to_the_time_left(sample_tree, tmp_path):
     """EPOCHS left to the plan: train.py gets the time left (--minutes; of a 1-minute budget, at least the floor
     of 0.1) and re-plans the epochs from the first one's time (tiny epochs: up to 4x the plan), and the model is
-    named without `_e{epochs}`. Plan values fixed from the environment (BANDWIDTH, BANDWIDTH_SHARE) reach
-    train.py."""
+    named without `_e{epochs}`. Plan values fixed from the environment (BANDWIDTH, BANDWIDTH_SHARE, COUNTS)
+    reach train.py."""
     name, log = run_quick(sample_tree, tmp_path, "em", "em_AG_D_sameas_preprint", MINUTES="1", EPOCHS=None,
-                          BANDWIDTH="0.5,1", BANDWIDTH_SHARE="0.4")
+                          BANDWIDTH="0.5,1", BANDWIDTH_SHARE="0.4", COUNTS="5,80")
     assert name == "s_1_quick_em_AG_D_sameas_preprint"
     _, meta = load_model(name, tmp_path / "work" / "models")
     assert meta["crap_bandwidth"] == [0.5, 1.0] and meta["crap_bandwidth_share"] == 0.4
-    assert "bandwidth 0.5,1 for 0.4 of the tiles" in log
+    assert meta["crap_counts"] == [5.0, 80.0] and "bandwidth 0.5,1 for 0.4 of the tiles, counts 5,80" in log
     planned = int(next(ln.split("=")[1] for ln in log.splitlines() if ln.strip().startswith("EPOCHS=")))
     assert 0.1 <= meta["schedule"][0]["stages"][0]["minutes"] < 1 and 1 <= meta["epochs"] <= 4 * planned
 

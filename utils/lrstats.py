@@ -20,8 +20,9 @@ CROP = 512  # px: what the estimates read of a frame (noise and neighbour statis
 # (README, "LR unlike the training LR") the default model's ends read 0.85 and 0.17: white-noise LR 0.92-0.99
 # and noise-free LR 0.92 pass; LR smoothed along x by a Gaussian of 0.7 LR px (0.43, gain over bilinear +0.07
 # dB) or a first-order response (0.64, +0.11) do not; 20 photons per white pixel (1.11x, +0.47 dB) passes, 5
-# (1.67x, +0.21) and 2 (2.3x, -0.04) do not. A model trained on LR like the last (LR_DIR) read 0.23: 5 photons
-# pass (1.27x, +0.50), 2 do not (1.75x, +0.07).
+# (1.67x, +0.21) and 2 (2.3x, -0.04) do not. A model trained on LR like the last by the crappifier's strength
+# alone read 0.23: 5 photons pass (1.27x, +0.50), 2 do not (1.75x, +0.07); with shot noise on the LR pixels
+# (LR_DIR now; --crap_counts) 0.44: 2 photons pass (0.91x, +0.46).
 SMOOTHER_ALONG_X = 0.8
 NOISIER = 1.4
 

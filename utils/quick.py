@@ -10,8 +10,9 @@ Prints KEY=VALUE lines (`TILE=256` ...) that quick.sh reads, and writes nothing.
 - crappify on the fly (fresh noise each epoch, HR augmented before crappifying), with the noise strength
   drawn per tile from 0.2-2x the level of the lab's real LR images when `--lr_dir` gives some
   (scikit-image's `estimate_sigma`), else of the paper's level: down to nearly clean LR, because a model that
-  never saw it smooths it (NOISE_RANGE); where those real LR images are smoother along x (the fast scan axis)
-  than across, a detector's bandwidth, the LR is smoothed along x as much (`estimate_bandwidth`);
+  never saw it smooths it (NOISE_RANGE); real LR noisier than the crappifier's noise reaches gets shot noise on
+  each LR pixel to match (`estimate_counts`); where those real LR images are smoother along x (the fast scan
+  axis) than across, a detector's bandwidth, the LR is smoothed along x as much (`estimate_bandwidth`);
 - the epoch count from measured rates of the network and of crappifying on the fly (on a CPU they take
   turns; beside a GPU, data-loader workers crappify and the slower side sets the pace), so the whole of
   quick.sh fits the budget; a GPU, when there is one, trains more images in the same time. The plan is a first
@@ -34,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .crappifiers import check_crappifier, crappify, scan_bandwidth
+from .crappifiers import check_crappifier, crappify, scan_bandwidth, shot_noise
 from .errors import fail, run_cli
 from .lrstats import centre_crop, fast_axis_ratio, lr_sample, noise_level, noise_sigma
 from .loss import sr_loss
@@ -45,6 +46,7 @@ from .sources import find_images, open_source
 from .speed import native_bf16
 
 __all__ = ["pick_tile", "pick_stride", "estimate_strength", "strength_range", "estimate_bandwidth", "bandwidth_range",
+           "estimate_counts", "counts_range", "match_noise",
            "training_rate", "sample_rate", "pick_workers", "pipeline_rate", "make_plan"]
 
 TILES = (256, 128, 64)  # HR tile sides, largest first: larger crops give the U-Net more context per step
@@ -63,6 +65,16 @@ DEFAULT_STRENGTH = 1.0
 BANDWIDTH_GRID = np.array([0.0, 0.35, 0.5, 0.7, 1.0, 1.5, 2.0])
 MIN_BANDWIDTH = 0.4  # noise-free EM LR read 0.36 from its structure alone; sigma 0.25 changes no ratio
 BANDWIDTH_RANGE = (0.5, 1.5)
+# LR noisier than MAX_STRENGTH x the paper's level, beyond which the crappifier's noise no longer follows its
+# strength (EM crappifier on real EM, noise above the structure's floor: 1.7x the paper's at 2x, 2.2x at 3x,
+# 2.3x at 4x; crappifiers.shot_noise), gets shot noise on each LR pixel instead, at the counts (for white) that
+# match its noise level (COUNTS_GRID), drawn per tile from COUNTS_RANGE times them (noise sigma 0.2-2x, as
+# NOISE_RANGE; with 0.5-2x every tile was noisy and, on real EM, noise-free LR came out 0.5 dB below bilinear
+# where 0.2-2x kept the low-dose LR's gains: README, "Noisier than the crappifier reaches"); the crappifier's
+# strength stays centred on the paper's level.
+MAX_STRENGTH = 2.0
+COUNTS_GRID = np.array([1000, 300, 100, 50, 20, 10, 5, 3, 2, 1])
+COUNTS_RANGE = (0.25, 25.0)
 # The probes time the network on tensors already in memory and crappifying one frame; the training loop also
 # reads and collates tiles and runs fastai's callbacks: on real EM (2 CPU cores, 256² tiles) it trained
 # 19.6 images/s where the probes predicted 22.3, and a 20-minute plan ran 22.8 minutes (19.3 with this factor).
@@ -195,6 +207,31 @@ def estimate_bandwidth(df: pd.DataFrame, crap_func: str, lr_dir: Path, scale: in
     return sigma if sigma >= MIN_BANDWIDTH else 0.0
 
 
+def _levels(frames, crap_func: str, scale: int, rng: np.random.Generator, bandwidth: float, counts: float) -> float:
+    """Median noise level of `frames` crappified at the paper's level plus shot noise at `counts`, as training
+    draws them (uint8, as train.py stores LR)."""
+    return float(np.median([noise_level(to_uint8(scan_bandwidth(shot_noise(crappify(crap_func, f, scale, rng),
+                                                                           counts, rng), bandwidth)))
+                            for f in frames]))
+
+
+def estimate_counts(df: pd.DataFrame, crap_func: str, lr_dir: Path, scale: int = 4, seed: int = 0,
+                    bandwidth: float = 0.0) -> float:
+    """Counts for a white LR pixel (crappifiers.shot_noise, on the crappifier at the paper's level) that give
+    crappified HR training frames the noise level of the real LR images (medians of each), read from
+    COUNTS_GRID; its last value where the real LR is noisier still."""
+    real = float(np.median([noise_sigma(f) for f in _lr_frames(lr_dir)]))
+    rng = np.random.default_rng(seed)
+    frames = list(_frames(df, 4, rng))
+    levels = np.maximum.accumulate([_levels(frames, crap_func, scale, rng, bandwidth, c) for c in COUNTS_GRID])
+    return float(np.exp(np.interp(real, levels, np.log(COUNTS_GRID))))
+
+
+def counts_range(counts: float) -> str:
+    """`--crap_counts` around estimated counts (COUNTS_RANGE times them); 0 (off) for none."""
+    return f"{counts * COUNTS_RANGE[0]:.3g},{counts * COUNTS_RANGE[1]:.3g}" if counts > 0 else "0"
+
+
 def bandwidth_range(sigma: float) -> str:
     """`--crap_bandwidth` around an estimated sigma (BANDWIDTH_RANGE times it); 0 (off) for none."""
     return f"{sigma * BANDWIDTH_RANGE[0]:.3g},{sigma * BANDWIDTH_RANGE[1]:.3g}" if sigma > 0 else "0"
@@ -245,17 +282,26 @@ def make_plan(info: Path, crap_func: str, n_frames: int = 1, minutes: float = 15
                 NET=f"--lr_space --encoder_stride {stride}",
                 DEVICE=device, WORKERS=workers,
                 RATE=round(rate, 2))
-    centre, bandwidth = DEFAULT_STRENGTH, 0.0
+    return {**plan, **match_noise(df, crap_func, lr_dir, scale, seed)}
+
+
+def match_noise(df: pd.DataFrame, crap_func: str, lr_dir: Optional[Path] = None, scale: int = 4,
+                seed: int = 0) -> Dict[str, object]:
+    """The plan's noise settings: the crappifier's strength range, scan-line smoothing and shot noise, matched
+    to the real LR in `lr_dir` (with none: around the paper's level, white, no shot noise)."""
+    centre, bandwidth, counts, read = DEFAULT_STRENGTH, 0.0, 0.0, {}
     if lr_dir:
         # The noise level sets the ratio the bandwidth is read from, and the bandwidth the noise level read.
         centre, sigma = estimate_strength(df, crap_func, Path(lr_dir), scale, seed)
         bandwidth = estimate_bandwidth(df, crap_func, Path(lr_dir), scale, seed, centre)
         if bandwidth:
             centre, sigma = estimate_strength(df, crap_func, Path(lr_dir), scale, seed, bandwidth)
-        plan["LR_SIGMA"], plan["LR_BANDWIDTH"] = round(sigma, 4), round(bandwidth, 2)
-    plan["STRENGTH"], plan["BANDWIDTH"] = strength_range(centre), bandwidth_range(bandwidth)
-    plan["BANDWIDTH_SHARE"] = 1  # what LR_DIR measured, on every tile (README: a share of them is a hedge)
-    return plan
+        if centre > MAX_STRENGTH:
+            centre, counts = DEFAULT_STRENGTH, estimate_counts(df, crap_func, Path(lr_dir), scale, seed, bandwidth)
+        read = dict(LR_SIGMA=round(sigma, 4), LR_BANDWIDTH=round(bandwidth, 2))
+    # BANDWIDTH_SHARE 1: what LR_DIR measured, on every tile (README: a share of them is a hedge)
+    return dict(**read, STRENGTH=strength_range(centre), BANDWIDTH=bandwidth_range(bandwidth),
+                COUNTS=counts_range(counts), BANDWIDTH_SHARE=1)
 
 
 def main(info: str, crap_func: str, n_frames: int = 1, minutes: float = 15.0, lr_dir: Optional[str] = None,
