@@ -86,7 +86,11 @@ VARIANTS = {
     "lr_dir_dose20": {"LR_DIR": "{data}/test/lr_dose20"},
     "lr_dir_lines": {"LR_DIR": "{data}/test/lr_lines"},  # LR smoothed along x: sets BANDWIDTH too
     "lr_dir_rc": {"LR_DIR": "{data}/test/lr_rc"},  # ... by a response shape training does not draw
+    # shot noise on each LR pixel for every tile, from very low dose to none (a hedge: LR_DIR sets it from real LR)
+    "shot_hedge": {"COUNTS": "2,2000"},
     "lr_dir_dose2": {"LR_DIR": "{data}/test/lr_dose2"},  # LR beyond the default noise range
+    "lr_dir_dose5": {"LR_DIR": "{data}/test/lr_dose5"},  # ... and beyond what the crappifier's noise reaches
+    "lr_dir_gauss_hi": {"LR_DIR": "{data}/test/lr_gauss_hi"},  # ... the same level, but not shot noise
 }
 Degradation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 SCALE = 4  # every test degradation samples 1 pixel in 4 along each axis
@@ -107,6 +111,11 @@ def sampled(hr: np.ndarray) -> np.ndarray:
     return downsample(gaussian_filter(hr, 1.0), 4)
 
 
+def gaussian_lr(hr: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
+    """White Gaussian noise of `sigma` on the downsampled image (the crappifiers' downsampling); uint8."""
+    return to_uint8(np.clip(downsample(hr, 4) + rng.normal(0, sigma, np.shape(hr[::4, ::4])), 0, 1))
+
+
 def degrade_scan(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A fast EM point scan unlike any crappifier: probe blur, 4x point sampling, Poisson + read noise; uint8."""
     return counted(sampled(hr), rng)
@@ -120,18 +129,20 @@ def degrade_scan(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 # scan's detector chain smooths along the fast axis (x), signal and noise alike: `lines` is `scan` through a
 # zero-phase Gaussian response (sigma 0.7 LR px) with an offset per line, `rc` through a first-order (RC)
 # response (time constant 0.7 LR px) whose lag is shifted back, as a scanner's delay compensation does. `dose5`
-# and `dose2` are `scan` at 5 and 2 photons: noisier than the top of the training range.
+# and `dose2` are `scan` at 5 and 2 photons: noisier than the top of the training range; `gauss_hi` is `gauss`
+# at sigma 0.3, as noisy as `dose5` by its noise level but additive, not shot noise.
 FOREIGN_EM = {
     "stride": lambda hr, rng: counted(gaussian_filter(hr, 1.0)[::4, ::4], rng),
     "area": lambda hr, rng: counted(hr.reshape(hr.shape[0] // 4, 4, hr.shape[1] // 4, 4).mean((1, 3)), rng),
     "aa": lambda hr, rng: counted(rescale(hr, 0.25, anti_aliasing=True), rng),
     "dose20": lambda hr, rng: counted(sampled(hr), rng, 20),
-    "gauss": lambda hr, rng: to_uint8(np.clip(downsample(hr, 4) + rng.normal(0, 0.08, np.shape(hr[::4, ::4])), 0, 1)),
+    "gauss": lambda hr, rng: gaussian_lr(hr, rng, 0.08),
     "clean": lambda hr, rng: to_uint8(sampled(hr)),
     "lines": lambda hr, rng: scan_lines(hr, rng),
     "rc": lambda hr, rng: scan_rc(hr, rng),
     "dose5": lambda hr, rng: counted(sampled(hr), rng, 5),
     "dose2": lambda hr, rng: counted(sampled(hr), rng, 2),
+    "gauss_hi": lambda hr, rng: gaussian_lr(hr, rng, 0.3),
 }
 
 

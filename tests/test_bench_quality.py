@@ -117,14 +117,16 @@ def test_detector_bandwidth_sets_are_smoother_along_the_lines():
 
 
 def test_low_dose_sets_are_noisier_than_scan():
-    """`dose5` and `dose2` are `scan` at fewer photons: noisier in that order, as image_gen's check reads it."""
+    """`dose5` and `dose2` are `scan` at fewer photons: noisier in that order, as image_gen's check reads it;
+    `gauss_hi`, additive noise, about as noisy as `dose5`."""
     from scipy.ndimage import gaussian_filter
     from utils.lrstats import noise_level
     hr = gaussian_filter(np.random.default_rng(0).random((512, 512)), 4).astype(np.float32)
     hr = 0.2 + 0.6 * (hr - hr.min()) / (hr.max() - hr.min())
     level = {k: noise_level(f(hr, np.random.default_rng(1))) for k, f in
-             (("scan", bq.degrade_scan), ("dose5", bq.FOREIGN_EM["dose5"]), ("dose2", bq.FOREIGN_EM["dose2"]))}
+             (("scan", bq.degrade_scan), *((k, bq.FOREIGN_EM[k]) for k in ("dose5", "dose2", "gauss_hi")))}
     assert level["scan"] < 0.8 * level["dose5"] < 0.8 * 0.8 * level["dose2"], level
+    assert 0.8 < level["gauss_hi"] / level["dose5"] < 1.25, level
 
 
 def test_em_training_source_can_be_cut_to_fewer_slices(tmp_path):
