@@ -215,12 +215,11 @@ def _levels(frames, crap_func: str, scale: int, rng: np.random.Generator, bandwi
                             for f in frames]))
 
 
-def estimate_counts(df: pd.DataFrame, crap_func: str, lr_dir: Path, scale: int = 4, seed: int = 0,
+def estimate_counts(df: pd.DataFrame, crap_func: str, real: float, scale: int = 4, seed: int = 0,
                     bandwidth: float = 0.0) -> float:
     """Counts for a white LR pixel (crappifiers.shot_noise, on the crappifier at the paper's level) that give
-    crappified HR training frames the noise level of the real LR images (medians of each), read from
-    COUNTS_GRID; its last value where the real LR is noisier still."""
-    real = float(np.median([noise_sigma(f) for f in _lr_frames(lr_dir)]))
+    crappified HR training frames the real LR's noise level `real` (estimate_strength's sigma; medians of
+    each), read from COUNTS_GRID; its last value where the real LR is noisier still."""
     rng = np.random.default_rng(seed)
     frames = list(_frames(df, 4, rng))
     levels = np.maximum.accumulate([_levels(frames, crap_func, scale, rng, bandwidth, c) for c in COUNTS_GRID])
@@ -297,7 +296,7 @@ def match_noise(df: pd.DataFrame, crap_func: str, lr_dir: Optional[Path] = None,
         if bandwidth:
             centre, sigma = estimate_strength(df, crap_func, Path(lr_dir), scale, seed, bandwidth)
         if centre > MAX_STRENGTH:
-            centre, counts = DEFAULT_STRENGTH, estimate_counts(df, crap_func, Path(lr_dir), scale, seed, bandwidth)
+            centre, counts = DEFAULT_STRENGTH, estimate_counts(df, crap_func, sigma, scale, seed, bandwidth)
         read = dict(LR_SIGMA=round(sigma, 4), LR_BANDWIDTH=round(bandwidth, 2))
     # BANDWIDTH_SHARE 1: what LR_DIR measured, on every tile (README: a share of them is a hedge)
     return dict(**read, STRENGTH=strength_range(centre), BANDWIDTH=bandwidth_range(bandwidth),
