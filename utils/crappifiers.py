@@ -20,7 +20,7 @@ from .errors import PSSRError, fail
 
 __all__ = ["CRAPPIFIERS", "crappifier", "crappify", "downsample", "parse_strength", "parse_blur", "parse_bandwidth",
            "draw_strength", "draw_bandwidth", "parse_share", "parse_counts", "draw_counts", "probe_blur",
-           "scan_bandwidth", "shot_noise"]
+           "scan_bandwidth", "shot_noise", "scan_lr"]
 
 Crappifier = Callable[..., np.ndarray]
 CRAPPIFIERS: Dict[str, Crappifier] = {}
@@ -148,6 +148,14 @@ def shot_noise(lr: np.ndarray, counts: float, rng: np.random.Generator) -> np.nd
     if counts <= 0:
         return lr
     return np.clip(rng.poisson(np.clip(lr, 0, 1) * counts) / counts, 0, 1).astype(np.float32)
+
+
+def scan_lr(name: str, img: np.ndarray, scale: int, rng: np.random.Generator, strength: float = 1.0,
+            counts: float = 0.0, bandwidth: float = 0.0) -> np.ndarray:
+    """One LR frame as training draws it: the crappifier, shot noise on its pixels, then the detector's
+    bandwidth (which smooths that noise too). The one place the order lives, so quick.sh's plan measures the
+    LR train.py will see."""
+    return scan_bandwidth(shot_noise(crappify(name, img, scale, rng, strength), counts, rng), bandwidth)
 
 
 def downsample(img: np.ndarray, scale: int) -> np.ndarray:

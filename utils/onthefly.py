@@ -23,7 +23,7 @@ from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 
-from .crappifiers import crappify, draw_bandwidth, draw_counts, draw_strength, probe_blur, scan_bandwidth, shot_noise
+from .crappifiers import draw_bandwidth, draw_counts, draw_strength, probe_blur, scan_lr
 from .data import EDGE_P, affine_crop, dihedral, dihedral_matrix, edge_window, read_tile
 from .norm import to_uint8
 
@@ -105,9 +105,7 @@ class FreshPairs:
         bw = draw_bandwidth(rng, d.bandwidth, d.bandwidth_share)
         n = draw_counts(rng, d.counts)
         # LR is stored as uint8 like real 8-bit scans and step-2 tiles, so both paths see the same quantization.
-        # The detector's bandwidth smooths its shot noise too.
-        lr = np.stack([to_uint8(scan_bandwidth(shot_noise(crappify(d.crap_func, f, d.scale, rng, s), n, rng), bw))
-                       for f in src]).astype(np.float32) / 255
+        lr = np.stack([to_uint8(scan_lr(d.crap_func, f, d.scale, rng, s, n, bw)) for f in src]).astype(np.float32) / 255
         if self.train and self.n_frames > 1 and rng.random() < EDGE_P:
             lr = edge_window(lr, rng)
         c = self.n_frames // 2

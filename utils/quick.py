@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .crappifiers import check_crappifier, crappify, scan_bandwidth, shot_noise
+from .crappifiers import check_crappifier, crappify, scan_lr
 from .errors import fail, run_cli
 from .lrstats import centre_crop, fast_axis_ratio, lr_sample, noise_level, noise_sigma
 from .loss import sr_loss
@@ -123,7 +123,7 @@ def estimate_strength(df: pd.DataFrame, crap_func: str, lr_dir: Path, scale: int
     as the real LR is: the wavelet estimate reads smoothed noise low), both measured the same way."""
     real = [noise_sigma(f) for f in _lr_frames(lr_dir)]
     rng = np.random.default_rng(seed)
-    crappified = (scan_bandwidth(crappify(crap_func, f, scale, rng), bandwidth) for f in _frames(df, 4, rng))
+    crappified = (scan_lr(crap_func, f, scale, rng, bandwidth=bandwidth) for f in _frames(df, 4, rng))
     ours = [noise_level(c) for c in crappified]
     if not ours or np.median(ours) <= 0:
         fail(None, f"crappifier '{crap_func}' adds no measurable noise; cannot match LR_DIR's")
@@ -200,7 +200,7 @@ def estimate_bandwidth(df: pd.DataFrame, crap_func: str, lr_dir: Path, scale: in
     real = float(np.median([fast_axis_ratio(f) for f in _lr_frames(lr_dir)]))
     rng = np.random.default_rng(seed)
     frames = list(_frames(df, 4, rng))
-    ratios = [np.median([fast_axis_ratio(to_uint8(scan_bandwidth(crappify(crap_func, f, scale, rng, strength), s)))
+    ratios = [np.median([fast_axis_ratio(to_uint8(scan_lr(crap_func, f, scale, rng, strength, bandwidth=s)))
                          for f in frames]) for s in BANDWIDTH_GRID]
     ratios = np.minimum.accumulate(ratios)  # falls with sigma; flat steps from the draws' noise kept monotone
     sigma = float(np.interp(real, ratios[::-1], BANDWIDTH_GRID[::-1]))
@@ -210,8 +210,7 @@ def estimate_bandwidth(df: pd.DataFrame, crap_func: str, lr_dir: Path, scale: in
 def _levels(frames, crap_func: str, scale: int, rng: np.random.Generator, bandwidth: float, counts: float) -> float:
     """Median noise level of `frames` crappified at the paper's level plus shot noise at `counts`, as training
     draws them (uint8, as train.py stores LR)."""
-    return float(np.median([noise_level(to_uint8(scan_bandwidth(shot_noise(crappify(crap_func, f, scale, rng),
-                                                                           counts, rng), bandwidth)))
+    return float(np.median([noise_level(to_uint8(scan_lr(crap_func, f, scale, rng, 1.0, counts, bandwidth)))
                             for f in frames]))
 
 
