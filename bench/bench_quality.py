@@ -89,6 +89,7 @@ VARIANTS = {
     # shot noise on each LR pixel for every tile, from very low dose to none (a hedge: LR_DIR sets it from real LR)
     "shot_hedge": {"COUNTS": "2,2000"},
     "shot_hedge_ssim": {"COUNTS": "2,2000", "LOSS": "--l1_loss --ssim_weight 0.06"},  # ... twice the SSIM term
+    "no_hedge": {"COUNTS": "0", "LOSS": "--l1_loss --ssim_weight 0.03"},  # the default, pinned
     "lr_dir_dose2": {"LR_DIR": "{data}/test/lr_dose2"},  # LR beyond the default noise range
     "lr_dir_dose5": {"LR_DIR": "{data}/test/lr_dose5"},  # ... and beyond what the crappifier's noise reaches
     "lr_dir_gauss_hi": {"LR_DIR": "{data}/test/lr_gauss_hi"},  # ... the same level, but not shot noise
