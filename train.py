@@ -97,12 +97,13 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
          device: Optional[str] = None, workers: int = 0, fp32: bool = False, resume: bool = False, force: bool = False,
          max_rotate: Optional[float] = None, max_zoom: Optional[float] = None, crap_func: Optional[str] = None,
          crap_strength="1", crap_blur="0", crap_bandwidth="0", crap_bandwidth_share: float = 1.0, crap_counts="0",
+         crap_counts_share: float = 1.0,
          encoder_stride: Optional[int] = None,
          lr_head: str = LR_HEADS[0], ssim_weight: float = 0.0, minutes: Optional[float] = None,
          average_epochs: float = 0) -> None:
     """Train; every option as the original train.py plus --schedule/--lr_space/--weights/--seed/--device/
     --workers/--model_dir/--fp32/--resume/--force/--crap_func/--crap_strength/--crap_blur/--crap_bandwidth(_share)/
-    --crap_counts/--minutes/--average_epochs (README, Step 3).
+    --crap_counts(_share)/--minutes/--average_epochs (README, Step 3).
 
     lr: as the original's `slice(lr)`, the encoder's two layer groups train at lr/10; --lr_start gives a range
     spaced linearly over the three groups (paper, Methods). residual: add the bilinear upsampling to the
@@ -114,17 +115,17 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     as the paper; utils.crappifiers.scan_bandwidth), for --crap_bandwidth_share of the tiles (default all; the rest
     keep white noise). crap_counts: a range of detector counts for a white LR pixel, drawn per tile: shot noise
     added to each LR pixel after crappifying, for LR noisier than the crappifier's noise reaches (off, as the
-    paper; utils.crappifiers.shot_noise). encoder_stride: 16 for
-    --lr_space (its U-Net sees LR pixels), else the paper's 32. lr_head: the --lr_space upsampling head, `subpixel` (its
-    last x2 step linear, 1.5x faster training) or `icnr` (every step ReLU'd at HR size, models before it was
-    recorded; utils.model.sr_head). ssim_weight: adds this times (1 - SSIM) of the prediction fitted to the
-    target, as the evaluation scores it, to the pixel loss (utils.loss; not in the paper). load_name: continue
-    a model, or start a multi-frame model from a 1-frame one (its frame becomes the centre: the new model
-    starts as exactly the 1-frame one). minutes: train for this wall-clock time from the first epoch on, as
-    many epochs as fit (re-planned after each from the measured epoch time; --cycles is the first plan, at most
-    4x it run); the one-cycle schedule ends with the last of them. The model is then named without `_e{epochs}`
-    (its .json says how many ran). average_epochs: the model keeps its weights averaged (exponentially) over
-    about this many last epochs instead of the best epoch's, unless the average validates more than 1% worse
+    paper; utils.crappifiers.shot_noise), for --crap_counts_share of the tiles (default all; the rest get none).
+    encoder_stride: 16 for --lr_space (its U-Net sees LR pixels), else the paper's 32. lr_head: the --lr_space
+    upsampling head, `subpixel` (its last x2 step linear, 1.5x faster training) or `icnr` (every step ReLU'd at HR
+    size, models before it was recorded; utils.model.sr_head). ssim_weight: adds this times (1 - SSIM) of the
+    prediction fitted to the target, as the evaluation scores it, to the pixel loss (utils.loss; not in the paper).
+    load_name: continue a model, or start a multi-frame model from a 1-frame one (its frame becomes the centre: the
+    new model starts as exactly the 1-frame one). minutes: train for this wall-clock time from the first epoch on,
+    as many epochs as fit (re-planned after each from the measured epoch time; --cycles is the first plan, at most
+    4x it run); the one-cycle schedule ends with the last of them. The model is then named without `_e{epochs}` (its
+    .json says how many ran). average_epochs: the model keeps its weights averaged (exponentially) over about this
+    many last epochs instead of the best epoch's, unless the average validates more than 1% worse
     (utils.training.WeightAverage, keep_better; not in the paper); its .json's final_weights says which."""
     if datasetname is None:
         fail(None, "--datasetname is required (a folder of --data_path written by tile_from_info.py)")
@@ -148,12 +149,12 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
         fail(schedule, "--minutes fits one training stage to the time; a --schedule has its own epochs per round")
     strength, blur_range = parse_strength(crap_strength), parse_blur(crap_blur)
     bandwidth, share = parse_bandwidth(crap_bandwidth), parse_share(crap_bandwidth_share)
-    counts = parse_counts(crap_counts)
+    counts, counts_share = parse_counts(crap_counts), parse_share(crap_counts_share, "--crap_counts_share")
     fly = crap_func is not None
     if not fly and (strength != (1.0, 1.0) or blur_range != (0.0, 0.0) or bandwidth != (0.0, 0.0)
-                    or share != 1 or counts != (0.0, 0.0)):
-        fail(None, "--crap_strength, --crap_blur, --crap_bandwidth(_share) and --crap_counts act on pairs crappified "
-                   "on the fly: give --crap_func too")
+                    or share != 1 or counts != (0.0, 0.0) or counts_share != 1):
+        fail(None, "--crap_strength, --crap_blur, --crap_bandwidth(_share) and --crap_counts(_share) act on pairs "
+                   "crappified on the fly: give --crap_func too")
     max_rotate = (MAX_ROTATE if fly else 0.0) if max_rotate is None else float(max_rotate)
     max_zoom = (MAX_ZOOM if fly else 1.0) if max_zoom is None else float(max_zoom)
     encoder_stride = int(encoder_stride or (16 if lr_space else 32))
@@ -187,6 +188,7 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
                      crap_func=crap_func or spec0.crap_func, crap_strength=list(strength) if fly else None,
                      crap_blur=list(blur_range) if fly else None, crap_bandwidth=list(bandwidth) if fly else None,
                      crap_bandwidth_share=share if fly else None, crap_counts=list(counts) if fly else None,
+                     crap_counts_share=counts_share if fly else None,
                      on_the_fly=fly, max_rotate=max_rotate, max_zoom=max_zoom,
                      datasetname=datasetname, loss="l1" if l1_loss else "mse",
                      ssim_weight=float(ssim_weight), average_epochs=float(average_epochs), seed=seed,
@@ -199,7 +201,7 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     model = model.to(dev)
     precision = []
     draws = Draws(crap_func, scale, strength, seed, max_rotate, max_zoom, blur_range, bandwidth,
-                  share, counts) if fly else None
+                  share, counts, counts_share) if fly else None
 
     def make_learner(rnd):
         # --bs is per process: fastai's DistributedDL hands each rank whole batches of the loader's size, drawn

@@ -90,6 +90,7 @@ VARIANTS = {
     "shot_hedge": {"COUNTS": "2,2000"},
     "shot_hedge_ssim": {"COUNTS": "2,2000", "LOSS": "--l1_loss --ssim_weight 0.06"},  # ... twice the SSIM term
     "no_hedge": {"COUNTS": "0", "LOSS": "--l1_loss --ssim_weight 0.03"},  # the default, pinned
+    "shot_hedge_half": {"COUNTS": "2,2000", "COUNTS_SHARE": "0.5"},  # ... on half of the tiles only
     "lr_dir_dose2": {"LR_DIR": "{data}/test/lr_dose2"},  # LR beyond the default noise range
     "lr_dir_dose5": {"LR_DIR": "{data}/test/lr_dose5"},  # ... and beyond what the crappifier's noise reaches
     "lr_dir_gauss_hi": {"LR_DIR": "{data}/test/lr_gauss_hi"},  # ... the same level, but not shot noise

@@ -17,7 +17,7 @@
 # Any value of the printed plan can be fixed from the environment (for every model trained), e.g. EPOCHS=40,
 # BANDWIDTH=0,1 (LR smoothed along its scan lines, which LR_DIR sets where it measures it; BANDWIDTH_SHARE=0.33
 # for a third of the tiles only), COUNTS=5,80 (shot noise on each LR pixel, counts for white: LR_DIR sets it
-# for LR noisier than the crappifier reaches),
+# for LR noisier than the crappifier reaches; COUNTS_SHARE=0.5 for half of the tiles only),
 # or NET="--encoder_stride 32" TILE=128 EPOCHS=3 for the paper's HR-space U-Net (the epochs are planned for the
 # --lr_space network, ~5x faster per image). Unless EPOCHS is fixed, train.py fits the epochs to the time left
 # (--minutes, re-planned from each epoch's measured time) and the models are named without `_e{epochs}`; a
@@ -49,7 +49,7 @@ left() { echo $(( MINUTES * 60 - ($(date +%s) - START) )); }
 # weights if given) in SECONDS of training plus OVERHEAD; prints its name. Runs in a subshell ($(...)): one
 # model's plan never leaks into the next.
 train_model() {
-    local nf=$1 lt=$2 secs=$3 start=${4:-} began line key name bw budget=()
+    local nf=$1 lt=$2 secs=$3 start=${4:-} began line key name bw cn budget=()
     began=$(date +%s)
     echo "== quick: planning the $nf-frame model for $(( secs / 60 )) min $(( secs % 60 )) s" >&2
     PLAN=$("$PY" -m utils.quick "$INFO" --crap_func "$CRAP_FUNC" --n_frames "$nf" --minutes "$(( secs / 6 ))e-1" \
@@ -63,7 +63,8 @@ train_model() {
     if [ "$FRESH" = 1 ]; then
         TILE_ARGS=(--hr_only) DATASET="${lt}_${nf}_quick_hr"
         FLY_ARGS=(--crap_func "$CRAP_FUNC" --crap_strength "$STRENGTH" --crap_bandwidth "$BANDWIDTH"
-                  --crap_bandwidth_share "$BANDWIDTH_SHARE" --crap_counts "$COUNTS")
+                  --crap_bandwidth_share "$BANDWIDTH_SHARE" --crap_counts "$COUNTS"
+                  --crap_counts_share "$COUNTS_SHARE")
     else
         TILE_ARGS=(--crap_func "$CRAP_FUNC") DATASET="${lt}_${nf}_quick_${CRAP_FUNC}" FLY_ARGS=()
         [ "$BANDWIDTH $COUNTS" = "0 0" ] || echo "== quick: note: FRESH=0 pairs are crappified once in step 2," \
@@ -79,10 +80,11 @@ train_model() {
                 'BEGIN { m = (s - u - t) / 60; printf "%.2f", (m > 0.1 ? m : 0.1) }')")
         name="${lt}_${nf}_${NAME}"
     fi
-    bw=$BANDWIDTH
+    bw=$BANDWIDTH cn=$COUNTS
     [ "$BANDWIDTH" = 0 ] || [ "$BANDWIDTH_SHARE" = 1 ] || bw+=" for $BANDWIDTH_SHARE of the tiles"
+    [ "$COUNTS" = 0 ] || [ "$COUNTS_SHARE" = 1 ] || cn+=" for $COUNTS_SHARE of the tiles"
     echo "== quick: step 3, ${budget[1]:+about }$EPOCHS epochs${budget[1]:+ in ${budget[1]} min} of $CRAP_FUNC pairs" \
-         "(fresh: $FRESH, strength $STRENGTH, bandwidth $bw, counts $COUNTS) on $DEVICE" >&2
+         "(fresh: $FRESH, strength $STRENGTH, bandwidth $bw, counts $cn) on $DEVICE" >&2
     "$PY" "$ROOT/train.py" --datasetname "$DATASET" --data_path "$WORK/datasets" --model_dir "$WORK/models" \
         --save_name "$NAME" --lr_type "$lt" --n_frames "$nf" --arch "$ARCH" $NET --size "$TILE" \
         --tile_sz "$TILE" --bs "$BS" --workers "$WORKERS" --cycles "$EPOCHS" --lr_start "$LR" --lr "$LR" $LOSS \

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import List, Tuple
 
 import numpy as np
 import pytest
@@ -148,6 +149,14 @@ def test_bandwidth_smooths_the_lr_along_x_only(hr_sets):
     assert all(torch.equal(zero[i][0], white[i][0]) for i in range(3))
 
 
+def _changed_stacks(hr_sets, **draws) -> Tuple[FreshPairs, List[bool]]:
+    """Pairs of the sample tiles drawn with `draws` on `no_crap`, and which of their LR differ from no_crap's."""
+    items = [f for _, f in find_hr_tiles(hr_sets, "s_1_sample_hr", "s", 64, 1, 48).pairs["train"]]
+    plain = FreshPairs(items, 1, 48, Draws("no_crap"))
+    some = FreshPairs(items, 1, 48, Draws("no_crap", **draws))
+    return some, [not torch.equal(plain[i][0], some[i][0]) for i in range(len(items))]
+
+
 def test_bandwidth_share_smooths_some_stacks_only(hr_sets):
     """--crap_bandwidth_share: that share of the stacks is smoothed along x, the rest keeps the white noise of
     runs without it; a share of 1 draws exactly what the option drew before, and off draws nothing."""
@@ -157,10 +166,7 @@ def test_bandwidth_share_smooths_some_stacks_only(hr_sets):
     assert rngs[2].random() == np.random.default_rng(3).random()  # nothing drawn
     rng = np.random.default_rng(0)
     assert 0.25 < np.mean([draw_bandwidth(rng, (0.5, 1.0), 0.33) > 0 for _ in range(2000)]) < 0.41
-    items = [f for _, f in find_hr_tiles(hr_sets, "s_1_sample_hr", "s", 64, 1, 48).pairs["train"]]
-    plain = FreshPairs(items, 1, 48, Draws("no_crap"))
-    some = FreshPairs(items, 1, 48, Draws("no_crap", bandwidth=(1.0, 1.0), bandwidth_share=0.5))
-    smoothed = [not torch.equal(plain[i][0], some[i][0]) for i in range(len(items))]
+    some, smoothed = _changed_stacks(hr_sets, bandwidth=(1.0, 1.0), bandwidth_share=0.5)
     assert any(smoothed) and not all(smoothed)
     for i in np.flatnonzero(smoothed):
         want = to_uint8(scan_bandwidth(downsample(some[i][1][0].numpy(), 4), 1.0)) / np.float32(255)
@@ -196,6 +202,20 @@ def test_shot_noise_on_each_lr_pixel(hr_sets):
         assert abs(float(lr1.mean() - lr0.mean())) < 0.05  # what clipping at white leaves of the mean
 
 
+def test_counts_share_adds_shot_noise_to_some_stacks_only(hr_sets):
+    """--crap_counts_share: that share of the stacks gets shot noise, the rest is drawn as without it; a share of
+    1 draws exactly what --crap_counts drew before."""
+    rngs = [np.random.default_rng(3) for _ in range(2)]
+    assert draw_counts(rngs[0], (5.0, 80.0)) == draw_counts(rngs[1], (5.0, 80.0), 1.0) > 0
+    rng = np.random.default_rng(0)
+    assert draw_counts(rng, (5.0, 80.0), 0.0) == 0 and rng.random() == np.random.default_rng(0).random()
+    assert 0.42 < np.mean([draw_counts(rng, (5.0, 80.0), 0.5) > 0 for _ in range(2000)]) < 0.58
+    _, noisy = _changed_stacks(hr_sets, counts=(5.0, 5.0), counts_share=0.5)
+    assert any(noisy) and not all(noisy)
+    with pytest.raises(PSSRError, match="--crap_counts_share"):
+        parse_share(2, "--crap_counts_share")
+
+
 def test_planner_adds_shot_noise_beyond_the_crappifiers_reach(sample_info, tmp_path):
     """LR_DIR scans noisier than MAX_STRENGTH x the paper's level (where the crappifier's own noise stops
     following its strength) give the plan shot noise at about their counts and the paper's strength range;
@@ -214,7 +234,7 @@ def test_planner_adds_shot_noise_beyond_the_crappifiers_reach(sample_info, tmp_p
     assert low["STRENGTH"] == "0.2,2" and hi == pytest.approx(counts * COUNTS_RANGE[1], 0.01) and 1.5 < counts < 6, low
     assert COUNTS_RANGE[1] / COUNTS_RANGE[0] == pytest.approx((NOISE_RANGE[1] / NOISE_RANGE[0]) ** 2)
     assert match_noise(em, "em_AG_D_sameas_preprint") == dict(STRENGTH="0.2,2", BANDWIDTH="0", COUNTS="0",
-                                                              BANDWIDTH_SHARE=1)
+                                                              BANDWIDTH_SHARE=1, COUNTS_SHARE=1)
     assert counts_range(4.0) == "1,100" and counts_range(0.0) == "0"
 
 
@@ -271,12 +291,12 @@ def test_train_on_the_fly_end_to_end(hr_sets, tmp_path):
     train.main(datasetname="s_1_sample_hr", data_path=str(hr_sets), model_dir=str(tmp_path), save_name="fly",
                arch="resnet18", bs=4, size=64, tile_sz=64, cycles=1, lr=1e-3, attn=False, fp32=True,
                crap_func="em_AG_D_sameas_preprint", crap_strength="0.5,2", crap_blur="0,1", crap_bandwidth="0,0.8",
-               crap_bandwidth_share=0.5, crap_counts="5,80")
+               crap_bandwidth_share=0.5, crap_counts="5,80", crap_counts_share=0.5)
     model, meta = load_model("s_1_fly_e1", tmp_path)
     assert meta["on_the_fly"] and meta["crap_func"] == "em_AG_D_sameas_preprint"
     assert meta["crap_strength"] == [0.5, 2.0] and meta["crap_blur"] == [0.0, 1.0] and meta["max_rotate"] == 10
     assert meta["crap_bandwidth"] == [0.0, 0.8] and meta["crap_bandwidth_share"] == 0.5
-    assert meta["crap_counts"] == [5.0, 80.0]
+    assert meta["crap_counts"] == [5.0, 80.0] and meta["crap_counts_share"] == 0.5
     assert isinstance(meta["beats_bilinear"], bool) and meta["bilinear_valid_loss"] > 0
     assert torch.load(tmp_path / "s_1_fly_e1.opt", weights_only=True)["hypers"]  # plain, safe to load
 
@@ -407,14 +427,15 @@ def test_quick_sh_end_to_end(sample_tree, tmp_path):
 def test_quick_sh_fits_epochs_to_the_time_left(sample_tree, tmp_path):
     """EPOCHS left to the plan: train.py gets the time left (--minutes; of a 1-minute budget, at least the floor
     of 0.1) and re-plans the epochs from the first one's time (tiny epochs: up to 4x the plan), and the model is
-    named without `_e{epochs}`. Plan values fixed from the environment (BANDWIDTH, BANDWIDTH_SHARE, COUNTS)
+    named without `_e{epochs}`. Plan values fixed from the environment (BANDWIDTH, COUNTS and their shares)
     reach train.py."""
     name, log = run_quick(sample_tree, tmp_path, "em", "em_AG_D_sameas_preprint", MINUTES="1", EPOCHS=None,
-                          BANDWIDTH="0.5,1", BANDWIDTH_SHARE="0.4", COUNTS="5,80")
+                          BANDWIDTH="0.5,1", BANDWIDTH_SHARE="0.4", COUNTS="5,80", COUNTS_SHARE="0.5")
     assert name == "s_1_quick_em_AG_D_sameas_preprint"
     _, meta = load_model(name, tmp_path / "work" / "models")
     assert meta["crap_bandwidth"] == [0.5, 1.0] and meta["crap_bandwidth_share"] == 0.4
-    assert meta["crap_counts"] == [5.0, 80.0] and "bandwidth 0.5,1 for 0.4 of the tiles, counts 5,80" in log
+    assert meta["crap_counts"] == [5.0, 80.0] and meta["crap_counts_share"] == 0.5
+    assert "bandwidth 0.5,1 for 0.4 of the tiles, counts 5,80 for 0.5 of the tiles" in log
     planned = int(next(ln.split("=")[1] for ln in log.splitlines() if ln.strip().startswith("EPOCHS=")))
     assert 0.1 <= meta["schedule"][0]["stages"][0]["minutes"] < 1 and 1 <= meta["epochs"] <= 4 * planned
 

@@ -99,28 +99,29 @@ def draw_strength(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
 
-def parse_share(value) -> float:
-    """`--crap_bandwidth_share`: the share of training stacks smoothed along x, from 0 to 1."""
+def parse_share(value, flag: str = "--crap_bandwidth_share") -> float:
+    """A share of the training stacks that get a degradation (`--crap_bandwidth_share`, `--crap_counts_share`),
+    from 0 to 1."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        fail(None, f"--crap_bandwidth_share must be a share from 0 to 1, not {value!r}")
+        fail(None, f"{flag} must be a share from 0 to 1, not {value!r}")
     return float(value)
 
 
+def _drawn(rng: np.random.Generator, on: bool, share: float) -> bool:
+    """Whether this stack gets a degradation that is `on` for a `share` of the stacks. Nothing is drawn when it
+    is off, and no coin when every stack gets it, so the seeds of runs without either keep their pairs."""
+    return on and share > 0 and (share >= 1 or rng.random() < share)
+
+
 def draw_bandwidth(rng: np.random.Generator, sigmas: Tuple[float, float], share: float = 1.0) -> float:
-    """A detector-bandwidth sigma, uniform in `sigmas`, for a `share` of the stacks (0 for the rest: white noise).
-    Nothing is drawn when it is off, and no coin when every stack gets one, so the seeds of runs without
-    either keep their pairs."""
-    if sigmas[1] <= 0 or share <= 0:
-        return 0.0
-    if share < 1 and rng.random() >= share:
-        return 0.0
-    return float(rng.uniform(*sigmas))
+    """A detector-bandwidth sigma, uniform in `sigmas`, for a `share` of the stacks (0 for the rest: white noise)."""
+    return float(rng.uniform(*sigmas)) if _drawn(rng, sigmas[1] > 0, share) else 0.0
 
 
-def draw_counts(rng: np.random.Generator, counts: Tuple[float, float]) -> float:
-    """Detector counts for one stack, log-uniform in `counts`; 0 when off, and then nothing is drawn, so the
-    seeds of runs without it keep their pairs."""
-    return draw_strength(rng, *counts) if counts[1] > 0 else 0.0
+def draw_counts(rng: np.random.Generator, counts: Tuple[float, float], share: float = 1.0) -> float:
+    """Detector counts for one stack, log-uniform in `counts`, for a `share` of the stacks (0 for the rest: no
+    shot noise)."""
+    return draw_strength(rng, *counts) if _drawn(rng, counts[1] > 0, share) else 0.0
 
 
 def probe_blur(frames: np.ndarray, sigma: float) -> np.ndarray:

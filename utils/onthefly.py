@@ -62,8 +62,8 @@ def centre_crop(hr: np.ndarray, size: int) -> np.ndarray:
 @dataclass(frozen=True)
 class Draws:
     """How every pair is drawn from an HR tile (train.py's --crap_func, --crap_strength, --crap_blur,
-    --crap_bandwidth, --crap_counts, --max_rotate, --max_zoom and --seed): one object, so the training pairs,
-    their loaders and a pickled learner agree."""
+    --crap_bandwidth(_share), --crap_counts(_share), --max_rotate, --max_zoom and --seed): one object, so the
+    training pairs, their loaders and a pickled learner agree."""
     crap_func: str
     scale: int = 4
     strength: Tuple[float, float] = (1.0, 1.0)  # noise level range (crappifiers.draw_strength)
@@ -74,6 +74,7 @@ class Draws:
     bandwidth: Tuple[float, float] = (0.0, 0.0)  # detector smoothing along x, sigma range in LR px, per stack
     bandwidth_share: float = 1.0  # the share of stacks that get it (the rest white, as the paper)
     counts: Tuple[float, float] = (0.0, 0.0)  # shot noise per LR pixel: counts for white, range, per stack
+    counts_share: float = 1.0  # the share of stacks that get it (the rest none, as the paper)
 
 
 class FreshPairs:
@@ -103,7 +104,7 @@ class FreshPairs:
         s = draw_strength(rng, *d.strength)
         src = probe_blur(hr, float(rng.uniform(*d.blur))) if d.blur[1] > 0 else hr  # no draw: old seeds hold
         bw = draw_bandwidth(rng, d.bandwidth, d.bandwidth_share)
-        n = draw_counts(rng, d.counts)
+        n = draw_counts(rng, d.counts, d.counts_share)
         # LR is stored as uint8 like real 8-bit scans and step-2 tiles, so both paths see the same quantization.
         lr = np.stack([to_uint8(scan_lr(d.crap_func, f, d.scale, rng, s, n, bw)) for f in src]).astype(np.float32) / 255
         if self.train and self.n_frames > 1 and rng.random() < EDGE_P:

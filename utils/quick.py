@@ -297,9 +297,9 @@ def match_noise(df: pd.DataFrame, crap_func: str, lr_dir: Optional[Path] = None,
         if centre > MAX_STRENGTH:
             centre, counts = DEFAULT_STRENGTH, estimate_counts(df, crap_func, sigma, scale, seed, bandwidth)
         read = dict(LR_SIGMA=round(sigma, 4), LR_BANDWIDTH=round(bandwidth, 2))
-    # BANDWIDTH_SHARE 1: what LR_DIR measured, on every tile (README: a share of them is a hedge)
+    # Shares 1: what LR_DIR measured, on every tile (README: a share of them is a hedge)
     return dict(**read, STRENGTH=strength_range(centre), BANDWIDTH=bandwidth_range(bandwidth),
-                COUNTS=counts_range(counts), BANDWIDTH_SHARE=1)
+                COUNTS=counts_range(counts), BANDWIDTH_SHARE=1, COUNTS_SHARE=1)
 
 
 def main(info: str, crap_func: str, n_frames: int = 1, minutes: float = 15.0, lr_dir: Optional[str] = None,
