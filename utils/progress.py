@@ -13,8 +13,10 @@ import sys
 import time
 from typing import Callable, Iterable, Iterator, Optional
 
-__all__ = ["interactive", "progress", "master_progress", "child_progress", "PlainProgress", "PlainMaster",
-           "PlainProgressCallback", "plain_training_progress"]
+from .errors import check_interrupted
+
+__all__ = ["interactive", "interruptible", "progress", "master_progress", "child_progress", "PlainProgress",
+           "PlainMaster", "PlainProgressCallback", "plain_training_progress"]
 
 PLAIN_EVERY_S = 10.0  # plain lines of one loop come at most this often ...
 PLAIN_EVERY_FRAC = 0.05  # ... and 5% of the loop apart, so a long loop writes ~20 lines, a quick one 1
@@ -24,6 +26,18 @@ def interactive() -> bool:
     """True when stdout is a terminal, where redrawn bars make sense."""
     isatty = getattr(sys.stdout, "isatty", None)
     return bool(isatty and isatty())
+
+
+def interruptible(items: Iterable) -> Iterator:
+    """`items`, raising KeyboardInterrupt before the next one once Ctrl-C has come, even where the interpreter
+    swallowed it (`errors.check_interrupted`): every loop of `progress` runs through this."""
+    for item in items:
+        check_interrupted()
+        yield item
+
+
+def _length(items: Iterable, total: Optional[int]) -> Optional[int]:
+    return total if total is not None else (len(items) if hasattr(items, "__len__") else None)
 
 
 def _clock(seconds: float) -> str:
@@ -44,10 +58,8 @@ class PlainProgress:
 
     def __init__(self, items: Iterable, total: Optional[int] = None, label: str = "",
                  every_s: float = PLAIN_EVERY_S):
-        self.items, self.label, self.every_s = items, label or "progress", every_s
-        if total is None and hasattr(items, "__len__"):
-            total = len(items)
-        self.total = total
+        self.total, self.items = _length(items, total), interruptible(items)
+        self.label, self.every_s = label or "progress", every_s
 
     def _line(self, i: int, elapsed: float, done: bool) -> str:
         if not self.total:
@@ -74,8 +86,7 @@ class PlainMaster:
     """The outer loop of a two-level progress (files, then frames): `write` lines carry `[i/n, elapsed]`."""
 
     def __init__(self, items: Iterable, total: Optional[int] = None):
-        self.items = items
-        self.total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)
+        self.total, self.items = _length(items, total), interruptible(items)
         self.i, self.start = 0, time.monotonic()
 
     def __iter__(self) -> Iterator:
@@ -93,7 +104,7 @@ def progress(items: Iterable, total: Optional[int] = None, label: str = "") -> I
     if not interactive():
         return PlainProgress(items, total, label)
     from fastprogress.fastprogress import progress_bar
-    bar = progress_bar(items, total=total)
+    bar = progress_bar(interruptible(items), total=_length(items, total))
     if label:
         bar.prefix = f"{label}:"
     return bar
@@ -104,7 +115,7 @@ def master_progress(items: Iterable, total: Optional[int] = None):
     if not interactive():
         return PlainMaster(items, total)
     from fastprogress.fastprogress import master_bar
-    return master_bar(items, total=total)
+    return master_bar(interruptible(items), total=_length(items, total))
 
 
 def child_progress(master, label: str) -> Callable[[Iterable], Iterable]:
@@ -114,7 +125,7 @@ def child_progress(master, label: str) -> Callable[[Iterable], Iterable]:
 
     def bar(items):
         from fastprogress.fastprogress import progress_bar
-        pb = progress_bar(items, parent=master)
+        pb = progress_bar(interruptible(items), total=_length(items, None), parent=master)
         pb.prefix = f"{label}:"  # fastprogress' console default would say 'Epoch i/n'
         return pb
     return bar
