@@ -25,7 +25,8 @@ counts as a detector gives them), `mild` (the same at 300 photons, read noise 3)
 fluorescence crappifier that training uses. Every frame of a movie is scored.
 
 Metrics as metric_gen.py (PSNR/SSIM after norm_minmse). Each variant is quick.sh with some settings fixed
-(VARIANTS below); results go to WORK/quality.csv and are printed as a table.
+(VARIANTS below); results go to WORK/quality.csv and are printed as a table. bench/RESULTS.md records every run
+so far and what it showed; the README's "What to expect" sums it up.
 """
 import os
 import subprocess
@@ -82,7 +83,7 @@ VARIANTS = {
     # ... for a third of the tiles only (the rest white, as the paper)
     "bandwidth_third": {"BANDWIDTH": "0.35,1", "BANDWIDTH_SHARE": "0.33"},
     # a lab's real LR scans (no ground truth) centre the noise range: here the noisiest test set's LR (the
-    # others measure 1.0-1.1x the crappifier's level; README), {data} being the bench's data folder
+    # others measure 1.0-1.1x the crappifier's level; RESULTS.md), {data} being the bench's data folder
     "lr_dir_dose20": {"LR_DIR": "{data}/test/lr_dose20"},
     "lr_dir_lines": {"LR_DIR": "{data}/test/lr_lines"},  # LR smoothed along x: sets BANDWIDTH too
     "lr_dir_rc": {"LR_DIR": "{data}/test/lr_rc"},  # ... by a response shape training does not draw
