@@ -669,8 +669,8 @@ def test_ctrl_c_is_one_line_too(tmp_path, workers):
     root = tmp_path / "ds" / "s_1_i_no_crap"
     # 50000 tiles take minutes to write: the signal always lands mid-run (5000 sometimes finished first under load).
     # faulthandler: should it hang (once in a loaded CI run and once here, in ~130 tries), SIGABRT prints where.
-    p = subprocess.Popen([sys.executable, "-X", "faulthandler", "tile_from_info.py", "--out", tmp_path / "ds",
-                          "--info", info, "--tile", "64", "--n_train", "50000", "--n_valid", "1", "--workers", str(workers)],
+    p = subprocess.Popen([sys.executable, "-X", "faulthandler", "tile_from_info.py", "--out", tmp_path / "ds", "--info",
+                          info, "--tile", "64", "--n_train", "50000", "--n_valid", "1", "--workers", str(workers)],
                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.time() + 120

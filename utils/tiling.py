@@ -391,7 +391,7 @@ def run_tiles(jobs: List[dict], cfg: TileConfig, workers: int = 1) -> List[dict]
         with ProcessPoolExecutor(workers) as ex:
             # Chunks of at most 64 tiles: on Ctrl-C the pool drops the chunks not started and waits only for those
             # running (a worker goes on to its next task after its own KeyboardInterrupt; with 1/16 of 50,000
-            # tiles a chunk, Ctrl-C took 12-45 s to end the run).
+            # tiles a chunk, Ctrl-C took 8-45 s to end the run).
             chunk = max(1, min(64, len(order) // (workers * 8)))
             try:
                 rows = list(progress(ex.map(work, order, chunksize=chunk), total=len(order), label="tiles"))
