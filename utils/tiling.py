@@ -41,10 +41,11 @@ plan does not write, means the data set was started with other options: that fai
 """
 import json
 import math
+import signal
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from multiprocessing import Pool
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -381,6 +382,12 @@ def check_resumable(root: Path, jobs: List[dict], cfg: TileConfig) -> int:
     return sum(all(p.exists() for p in tile_paths(j, cfg)) for j in jobs)
 
 
+def _leave_ctrl_c_to_the_main_process() -> None:
+    """A pool worker's initializer: Ctrl-C (sent to the whole process group) is ignored there, and the main
+    process ends the pool; a worker interrupted inside the pool's queues could leave them locked."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_tiles(jobs: List[dict], cfg: TileConfig, workers: int = 1) -> List[dict]:
     """Make every tile with `workers` processes; rows come back sorted by tile id."""
     order = sorted(jobs, key=lambda j: (j["fn"], j["id"]))  # one open file per worker at a time
@@ -388,16 +395,13 @@ def run_tiles(jobs: List[dict], cfg: TileConfig, workers: int = 1) -> List[dict]
     if workers <= 1:
         rows = [work(j) for j in progress(order, label="tiles")]
     else:
-        with ProcessPoolExecutor(workers) as ex:
-            # Chunks of at most 64 tiles: on Ctrl-C the pool drops the chunks not started and waits only for those
-            # running (a worker goes on to its next task after its own KeyboardInterrupt; with 1/16 of 50,000
-            # tiles a chunk, Ctrl-C took 8-45 s to end the run).
-            chunk = max(1, min(64, len(order) // (workers * 8)))
-            try:
-                rows = list(progress(ex.map(work, order, chunksize=chunk), total=len(order), label="tiles"))
-            except KeyboardInterrupt:
-                ex.shutdown(wait=False, cancel_futures=True)
-                raise
+        # A Pool, not a ProcessPoolExecutor: leaving its block terminates the workers at once, also on Ctrl-C
+        # (every tile is written under a temporary name, so none is left half-written). The executor submits
+        # every chunk before the first result and waits at exit for the chunks it holds: Ctrl-C during that
+        # submission left its workers writing tiles on, and the run hung at exit (4 of 7 loaded test runs).
+        with Pool(workers, initializer=_leave_ctrl_c_to_the_main_process) as pool:
+            chunk = max(1, min(64, len(order) // (workers * 8)))  # results come per chunk: the progress moves
+            rows = list(progress(pool.imap(work, order, chunksize=chunk), total=len(order), label="tiles"))
     for s in _OPEN.values():
         s.close()
     _OPEN.clear()
