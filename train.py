@@ -68,7 +68,7 @@ def load_start(model: torch.nn.Module, load_name: str, model_dir: Path, meta: di
     only has to learn what the neighbours add, which a short movie's few windows can teach."""
     saved = read_meta(load_name, model_dir)
     widen = saved["n_frames"] == 1 and meta["n_frames"] > 1
-    keys = ("arch", "n_frames", "scale", "lr_space", "encoder_stride", "residual", "imagenet_norm")
+    keys = ("arch", "n_frames", "scale", "lr_space", "encoder_stride", "residual", "imagenet_norm", "noise_channel")
     for k in keys + (("lr_head",) if meta["lr_space"] else ()):
         if saved.get(k, DEFAULT_META[k]) != meta[k] and not (widen and k == "n_frames"):
             fail(model_paths(load_name, model_dir)["json"], f"--load_name model has {k}={saved.get(k)}, "
@@ -100,10 +100,10 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
          crap_counts_share: float = 1.0,
          encoder_stride: Optional[int] = None,
          lr_head: str = LR_HEADS[0], ssim_weight: float = 0.0, minutes: Optional[float] = None,
-         average_epochs: float = 0) -> None:
+         average_epochs: float = 0, noise_channel: bool = False) -> None:
     """Train; every option as the original train.py plus --schedule/--lr_space/--weights/--seed/--device/
     --workers/--model_dir/--fp32/--resume/--force/--crap_func/--crap_strength/--crap_blur/--crap_bandwidth(_share)/
-    --crap_counts(_share)/--minutes/--average_epochs (README, Step 3).
+    --crap_counts(_share)/--minutes/--average_epochs/--noise_channel (README, Step 3).
 
     lr: as the original's `slice(lr)`, the encoder's two layer groups train at lr/10; --lr_start gives a range
     spaced linearly over the three groups (paper, Methods). residual: add the bilinear upsampling to the
@@ -126,7 +126,9 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     4x it run); the one-cycle schedule ends with the last of them. The model is then named without `_e{epochs}` (its
     .json says how many ran). average_epochs: the model keeps its weights averaged (exponentially) over about this
     many last epochs instead of the best epoch's, unless the average validates more than 1% worse
-    (utils.training.WeightAverage, keep_better; not in the paper); its .json's final_weights says which."""
+    (utils.training.WeightAverage, keep_better; not in the paper); its .json's final_weights says which.
+    noise_channel: the U-Net is also told each input tile's noise level, read from the tile by the model itself
+    (utils.model.noise_level; not in the paper), so it restores LR noisier than any it trained on."""
     if datasetname is None:
         fail(None, "--datasetname is required (a folder of --data_path written by tile_from_info.py)")
     if lr_type not in ("s", "t", "z"):
@@ -183,7 +185,8 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     base_meta = dict(scale=scale, n_frames=n_frames, lr_type=lr_type, arch=arch, lr_space=lr_space,
                      self_attention=attn, blur=blur, blur_final=final_blur, last_cross=last_cross, bottle=bottle,
                      weight_norm=True, residual=residual, encoder_stride=encoder_stride, lr_head=lr_head,
-                     imagenet_norm=pretrain or norm, pretrained=pretrain, hr_pixel_size=spec0.info.get("hr_pixel_size"),
+                     imagenet_norm=pretrain or norm, pretrained=pretrain, noise_channel=bool(noise_channel),
+                     hr_pixel_size=spec0.info.get("hr_pixel_size"),
                      weights=str(weights_file) if weights_file else None, norm=spec0.norm,
                      crap_func=crap_func or spec0.crap_func, crap_strength=list(strength) if fly else None,
                      crap_blur=list(blur_range) if fly else None, crap_bandwidth=list(bandwidth) if fly else None,

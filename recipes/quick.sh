@@ -18,6 +18,7 @@
 # BANDWIDTH=0,1 (LR smoothed along its scan lines, which LR_DIR sets where it measures it; BANDWIDTH_SHARE=0.33
 # for a third of the tiles only), COUNTS=5,80 (shot noise on each LR pixel, counts for white: LR_DIR sets it
 # for LR noisier than the crappifier reaches; COUNTS_SHARE=0.5 for half of the tiles only),
+# NET="--lr_space --encoder_stride 16" for a blind EM model (the plan tells EM models the noise level),
 # or NET="--encoder_stride 32" TILE=128 EPOCHS=3 for the paper's HR-space U-Net (the epochs are planned for the
 # --lr_space network, ~5x faster per image). Unless EPOCHS is fixed, train.py fits the epochs to the time left
 # (--minutes, re-planned from each epoch's measured time) and the models are named without `_e{epochs}`; a

@@ -131,9 +131,10 @@ def test_torchscript_takes_other_sizes(package, trained):
 
 
 def test_lr_space_model_and_test_image(tmp_path):
-    """The lr_space path (pixel-shuffle head + bilinear skip) traces too; --test_image gives a centre crop of the
-    training tile size (rounded up to a multiple of 32) and a too-small image is refused in one line."""
-    meta = make_meta(arch="resnet18", lr_space=True, encoder_stride=8, size=160, tile_sz=160)
+    """The lr_space path (pixel-shuffle head + bilinear skip), told the noise level as quick.sh's models are,
+    traces too; --test_image gives a centre crop of the training tile size (rounded up to a multiple of 32) and a
+    too-small image is refused in one line."""
+    meta = make_meta(arch="resnet18", lr_space=True, encoder_stride=8, size=160, tile_sz=160, noise_channel=True)
     model = build_model(meta)
     with torch.no_grad():  # leave bilinear: give the zero-initialized output conv some weight
         model.head[-1].weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))

@@ -5,8 +5,8 @@ import numpy as np
 import tifffile
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 
-from utils.lrstats import (CROP, NOISIER, SMOOTHER_ALONG_X, centre_crop, fast_axis_ratio, lr_reference, lr_sample,
-                           noise_level, unlike_training)
+from utils.lrstats import (CROP, NOISIER, NOISIER_TOLD, SMOOTHER_ALONG_X, centre_crop, fast_axis_ratio, lr_reference,
+                           lr_sample, noise_level, unlike_training)
 from utils.sources import open_source
 
 
@@ -57,3 +57,8 @@ def test_unlike_training_names_what_the_model_never_saw(tmp_path: Path):
     assert kind == "smoother" and ratio < SMOOTHER_ALONG_X * meta["lr_fast_axis_ratio"]
     (kind, noise), = found["noisy"]
     assert kind == "noisier" and noise > NOISIER * meta["lr_noise_level"]
+    # A model told the noise level restores noisier LR: it is warned from NOISIER_TOLD x its training LR's on.
+    told = {**meta, "noise_channel": True}
+    for level, warned in ((noise / NOISIER_TOLD * 1.05, False), (noise / NOISIER_TOLD * 0.95, True)):
+        with open_source(tmp_path / "noisy.tif") as src:
+            assert bool(unlike_training(src, {**told, "lr_noise_level": level})) == warned

@@ -8,16 +8,18 @@ from torchvision.models import resnet18
 
 import utils  # noqa: F401
 from utils.errors import PSSRError
-from utils.model import build_model, find_weights, load_model, make_meta, save_model, widen_frames
+from utils.model import build_model, find_weights, load_model, make_meta, noise_level, save_model, widen_frames
 
 
+@pytest.mark.parametrize("noise", [False, True])
 @pytest.mark.parametrize("lr_space", [False, "subpixel", "icnr"])
 @pytest.mark.parametrize("n_frames", [1, 5])
-def test_shapes_and_bilinear_start(n_frames, lr_space):
+def test_shapes_and_bilinear_start(n_frames, lr_space, noise):
     """(B, n, h, w) -> (B, 1, 4h, 4w); with the residual skip (opt-in; lr_space always) the zeroed output
-    layer makes an untrained model exactly bilinear."""
+    layer makes an untrained model exactly bilinear, with or without the noise-level channel."""
     head = dict(lr_head=lr_space) if lr_space else {}
-    model = build_model(dict(arch="resnet18", n_frames=n_frames, lr_space=bool(lr_space), residual=True, **head))
+    model = build_model(dict(arch="resnet18", n_frames=n_frames, lr_space=bool(lr_space), residual=True,
+                             noise_channel=noise, **head))
     model.eval()
     x = torch.rand(2, n_frames, 32, 32)
     with torch.no_grad():
@@ -26,10 +28,44 @@ def test_shapes_and_bilinear_start(n_frames, lr_space):
     c = n_frames // 2
     bilinear = F.interpolate(x[:, c:c + 1], scale_factor=4, mode="bilinear", align_corners=False)
     assert torch.allclose(y, bilinear, atol=1e-6)
-    assert model.unet.layers[0][0].in_channels == n_frames
+    assert model.unet.layers[0][0].in_channels == n_frames + noise
 
 
-@pytest.mark.parametrize("net", [dict(lr_space=True, encoder_stride=8), dict(bottle=False, encoder_stride=16)])
+def test_noise_level_reads_the_noise_not_the_structure():
+    """The in-model estimate tracks the sigma of Gaussian noise added to a smooth image, from an 8-bit tile of
+    the size quick.sh trains on, and is the same whatever the neighbouring frames hold."""
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(0, 6, 64), torch.linspace(0, 6, 64), indexing="ij")
+    smooth = 0.5 + 0.3 * torch.sin(yy) * torch.cos(xx)
+    for sigma in (0.02, 0.05, 0.1, 0.2):
+        noisy = ((smooth + sigma * torch.randn(2, 1, 64, 64, generator=g)).clamp(0, 1) * 255).round() / 255
+        level = noise_level(noisy)
+        assert level.shape == (2,) and torch.allclose(level, torch.full((2,), sigma), rtol=0.15)
+        stack = torch.cat([torch.rand(2, 2, 64, 64, generator=g), noisy, torch.zeros(2, 2, 64, 64)], dim=1)
+        assert torch.equal(noise_level(stack), level)
+
+
+def test_noise_channel_is_read(monkeypatch):
+    """The network's output follows the level it is told (the same input with another level differs), and a
+    blind network has no level input."""
+    import utils.model as um
+    torch.manual_seed(0)
+    told = build_model(dict(arch="resnet18", lr_space=True, encoder_stride=16, noise_channel=True)).eval()
+    with torch.no_grad():
+        for p in told.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    x = torch.rand(2, 1, 32, 32)
+    outs = []
+    for level in (0.02, 0.2):
+        monkeypatch.setattr(um, "noise_level", lambda x, level=level: torch.full((len(x),), level))
+        with torch.no_grad():
+            outs.append(told(x))
+    assert (outs[0] - outs[1]).abs().max() > 1e-3
+    assert build_model(dict(arch="resnet18", lr_space=True, encoder_stride=16)).unet.layers[0][0].in_channels == 1
+
+
+@pytest.mark.parametrize("net", [dict(lr_space=True, encoder_stride=8), dict(bottle=False, encoder_stride=16),
+                                 dict(lr_space=True, encoder_stride=16, noise_channel=True)])
 def test_widened_model_starts_as_the_one_frame_model(net):
     """widen_frames: a trained 1-frame model's weights in a 5-frame network give the same output on the centre
     frame whatever the neighbours hold, and every weight still learns (none left dead at zero)."""

@@ -1,6 +1,7 @@
 """Crappifying on the fly (issue 7): HR-only data sets, fresh seeded pairs, noise strength ranges, the
 lr_space bottleneck rule, safe loading of optimizer state, and the quick.sh planner."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +23,9 @@ from utils.model import load_model
 from utils.norm import to_uint8
 from utils.onthefly import Draws, FreshPairs, make_fly_dls, read_hr_stack
 from utils.lrstats import fast_axis_ratio, noise_sigma
-from utils.quick import (COUNTS_RANGE, NOISE_RANGE, SSIM_WEIGHT, bandwidth_range, counts_range, estimate_bandwidth,
-                         estimate_strength, match_noise, pick_stride, pick_tile, pick_workers, pipeline_rate,
-                         sample_rate, strength_range)
+from utils.quick import (COUNTS_RANGE, NOISE_RANGE, SSIM_WEIGHT, SSIM_WEIGHT_TOLD, bandwidth_range, counts_range,
+                         estimate_bandwidth, estimate_strength, match_noise, pick_stride, pick_tile, pick_workers,
+                         pipeline_rate, sample_rate, strength_range)
 from utils.restore import frame_windows
 from utils.tiling import DatasetSpec, make_dataset
 
@@ -291,9 +292,10 @@ def test_train_on_the_fly_end_to_end(hr_sets, tmp_path):
     train.main(datasetname="s_1_sample_hr", data_path=str(hr_sets), model_dir=str(tmp_path), save_name="fly",
                arch="resnet18", bs=4, size=64, tile_sz=64, cycles=1, lr=1e-3, attn=False, fp32=True,
                crap_func="em_AG_D_sameas_preprint", crap_strength="0.5,2", crap_blur="0,1", crap_bandwidth="0,0.8",
-               crap_bandwidth_share=0.5, crap_counts="5,80", crap_counts_share=0.5)
+               crap_bandwidth_share=0.5, crap_counts="5,80", crap_counts_share=0.5, noise_channel=True)
     model, meta = load_model("s_1_fly_e1", tmp_path)
     assert meta["on_the_fly"] and meta["crap_func"] == "em_AG_D_sameas_preprint"
+    assert meta["noise_channel"] and model.noise_channel and model.unet.layers[0][0].in_channels == 2
     assert meta["crap_strength"] == [0.5, 2.0] and meta["crap_blur"] == [0.0, 1.0] and meta["max_rotate"] == 10
     assert meta["crap_bandwidth"] == [0.0, 0.8] and meta["crap_bandwidth_share"] == 0.5
     assert meta["crap_counts"] == [5.0, 80.0] and meta["crap_counts_share"] == 0.5
@@ -410,13 +412,14 @@ def run_quick(sample_tree: Path, tmp_path: Path, category: str, crap_func: str, 
 
 def test_quick_sh_end_to_end(sample_tree, tmp_path):
     """quick.sh on the sample EM: the last line printed is the model's name, and the model was trained on the
-    fly with the planned network."""
-    name, log = run_quick(sample_tree, tmp_path, "em", "em_AG_D_sameas_preprint")
+    fly with the planned network (told the noise level)."""
+    name, log = run_quick(sample_tree, tmp_path, "em", "em_AG_D_sameas_preprint", NET=None, TILE="256")
     assert name == "s_1_quick_em_AG_D_sameas_preprint_e1"
     _, meta = load_model(name, tmp_path / "work" / "models")
-    assert meta["on_the_fly"] and meta["lr_space"] and meta["encoder_stride"] == 8 and meta["size"] == 128
+    assert meta["on_the_fly"] and meta["lr_space"] and meta["encoder_stride"] == 16 and meta["size"] == 256
+    assert meta["noise_channel"] and "NET=--lr_space --encoder_stride 16 --noise_channel\n" in log
     assert meta["lr_head"] == "subpixel" and meta["average_epochs"] == 4 and meta["crap_blur"] == [0, 0]
-    assert meta["loss"] == "l1" and meta["ssim_weight"] == SSIM_WEIGHT > 0
+    assert meta["loss"] == "l1" and meta["ssim_weight"] == SSIM_WEIGHT_TOLD > SSIM_WEIGHT > 0
     assert meta["load_name"] is None and "LR=0.01" in log
     assert "STRENGTH=0.2,2" in log  # no LR_DIR: 0.2-2x the paper's noise level
     assert "BANDWIDTH=0\n" in log and meta["crap_bandwidth"] == [0, 0]  # and white noise, as the paper
@@ -443,8 +446,8 @@ def test_quick_sh_fits_epochs_to_the_time_left(sample_tree, tmp_path):
 def test_quick_sh_multi_frame_starts_from_one_frame_model(sample_tree, tmp_path):
     """N_FRAMES 5: quick.sh trains a 1-frame model first and the 5-frame one from its weights, at the
     fine-tuning rate, both on L1 alone (no SSIM term in a multi-frame run); the last line names the 5-frame
-    model."""
-    name, log = run_quick(sample_tree, tmp_path, "fluo_live", "new_crap_AG_SP", "5")
+    model; fluorescence models are not told the noise level (quick.TOLD_NOISE)."""
+    name, log = run_quick(sample_tree, tmp_path, "fluo_live", "new_crap_AG_SP", "5", NET=None)
     assert name == "t_5_quick_new_crap_AG_SP_e1"
     models = tmp_path / "work" / "models"
     _, one = load_model("s_1_quick_new_crap_AG_SP_e1", models)
@@ -452,6 +455,8 @@ def test_quick_sh_multi_frame_starts_from_one_frame_model(sample_tree, tmp_path)
     assert one["n_frames"] == 1 and five["n_frames"] == 5 and five["load_name"] == "s_1_quick_new_crap_AG_SP_e1"
     assert [line.strip() for line in log.splitlines() if line.strip().startswith("LR=")] == ["LR=0.01", "LR=0.002"]
     assert one["loss"] == five["loss"] == "l1" and one["ssim_weight"] == five["ssim_weight"] == 0
+    assert not one["noise_channel"] and not five["noise_channel"]
+    assert re.search(r"NET=--lr_space --encoder_stride \d+\n", log)
 
 
 # The lr_space case trains the `icnr` head: a head of 1x1 convs and pixel shuffles cannot make the output depend on

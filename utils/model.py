@@ -23,8 +23,9 @@ from .errors import PSSRError, fail
 from .fileio import atomic_path
 from .norm import PCT_HI, PCT_LO
 
-__all__ = ["ARCHS", "LR_HEADS", "DEFAULT_META", "make_meta", "PSSRNet", "build_model", "bottleneck_size",
-           "find_weights", "widen_frames", "save_model", "load_model", "load_safe", "model_paths", "model_exists"]
+__all__ = ["ARCHS", "LR_HEADS", "DEFAULT_META", "make_meta", "noise_level", "PSSRNet", "build_model",
+           "bottleneck_size", "find_weights", "widen_frames", "save_model", "load_model", "load_safe", "model_paths",
+           "model_exists"]
 
 ARCHS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
 # ImageNet statistics averaged over RGB: a grey frame fed to the summed-RGB first conv sees the same activations
@@ -37,7 +38,7 @@ BUILD_SIZE = 64
 DEFAULT_META = dict(
     scale=4, n_frames=1, lr_type="s", tile_sz=128, size=128, arch="resnet34", lr_space=False,
     self_attention=True, blur=True, blur_final=True, last_cross=True, bottle=True, weight_norm=True,
-    residual=False, encoder_stride=32, lr_head="icnr", imagenet_norm=False, pretrained=False,
+    residual=False, encoder_stride=32, lr_head="icnr", imagenet_norm=False, pretrained=False, noise_channel=False,
     norm={"lo": PCT_LO, "hi": PCT_HI}, crap_func=None, datasetname=None, epochs=0, best_valid_loss=None,
 )
 
@@ -67,18 +68,20 @@ def find_weights(arch: str, weights: Optional[str] = None) -> Path:
     return found[-1]
 
 
-def adapt_first_conv(model: nn.Module, n_in: int) -> None:
+def adapt_first_conv(model: nn.Module, n_in: int, n_level: int = 0) -> None:
     """Give the ResNet stem `n_in` input channels: the centre frame gets the RGB-summed (grey) kernel, the
     other frames zero, so a multi-frame model starts as the single-frame one and learns what its neighbours add.
 
     The paper does not say how its stem takes 5 frames. fastai's adaptation keeps 3 channels and zeroes the rest
     (the net would start blind to 2 frames, one of them maybe the centre); spreading the kernel over all frames
     starts it as a temporal average, which blurs whatever moves: 0.10-0.16 dB lower on a held-out synthetic
-    time-lapse after 20 minutes."""
+    time-lapse after 20 minutes. `n_level` more channels go first, zero too (the noise level: `noise_level`)."""
     old = model.conv1
-    new = nn.Conv2d(n_in, old.out_channels, old.kernel_size, old.stride, old.padding, bias=old.bias is not None)
+    new = nn.Conv2d(n_level + n_in, old.out_channels, old.kernel_size, old.stride, old.padding,
+                    bias=old.bias is not None)
     with torch.no_grad():
-        new.weight.copy_(_widen(old.weight.sum(dim=1, keepdim=True), new.weight.shape, n_in))
+        frames = _widen(old.weight.sum(dim=1, keepdim=True), (old.out_channels, n_in, *old.kernel_size), n_in)
+        new.weight.copy_(F.pad(frames, (0, 0, 0, 0, n_level, 0)))
     model.conv1 = new
 
 
@@ -144,7 +147,8 @@ def _new_mask(old: torch.Size, shape: torch.Size, n_frames: int) -> torch.Tensor
 ENCODER_CUTS = {32: -2, 16: -3, 8: -4}
 
 
-def make_encoder(arch: str, n_in: int, weights_file: Optional[Path] = None, stride: int = 32) -> nn.Module:
+def make_encoder(arch: str, n_in: int, weights_file: Optional[Path] = None, stride: int = 32,
+                 n_level: int = 0) -> nn.Module:
     """ResNet body (no pool/fc) with an `n_in`-channel stem, optionally from an ImageNet state dict.
 
     `stride` 16 drops the last stage: an `lr_space` U-Net works on LR pixels, 4x coarser than HR ones, and at
@@ -161,9 +165,25 @@ def make_encoder(arch: str, n_in: int, weights_file: Optional[Path] = None, stri
             model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
         except Exception as e:
             fail(weights_file, f"not ImageNet weights for {arch} ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
-    adapt_first_conv(model, n_in)
+    adapt_first_conv(model, n_in, n_level)
     # The stem is adapted already, so create_body must leave it alone (n_in=3 means "no change" there).
     return create_body(model, n_in=3, pretrained=weights_file is not None, cut=ENCODER_CUTS[stride])
+
+
+HAAR_HH = torch.tensor([[[[1.0, -1.0], [-1.0, 1.0]]]]) / 2
+LEVEL_GAIN = 10.0  # the level enters the U-Net x10: EM LR reads 0.07-0.37 (none to 2 photons per pixel)
+
+
+def noise_level(x: torch.Tensor) -> torch.Tensor:
+    """(B,) noise sigma of each image's centre frame (B, n_frames, h, w), read from the image alone: the median
+    absolute finest diagonal Haar coefficient over 0.6745 (Donoho's wavelet estimate, as skimage's
+    `estimate_sigma`; fine structure adds a floor: 4x-undersampled ISBI EM with no added noise reads 0.09).
+    A blind network has to guess from local evidence how much of what it sees is noise; told the level, it
+    restores LR noisier than any it trained on (README, "What to expect"). Part of the model, so training and
+    restoration read it the same way, from each tile."""
+    c = x[:, x.shape[1] // 2:x.shape[1] // 2 + 1].float()
+    diagonal = F.conv2d(c, HAAR_HH.to(c.device), stride=2)  # a convolution, not slicing: traces at any size
+    return diagonal.abs().flatten(1).median(dim=1).values / 0.6745
 
 
 class PSSRNet(nn.Module):
@@ -175,14 +195,16 @@ class PSSRNet(nn.Module):
     `residual`: the output is added to the bilinear upsampling of the centre frame, so the U-Net learns only the
     correction. Neither the paper nor the original does this, so it is opt-in (`train.py --residual`); it
     helps short trainings (README, "What to expect": +0.12 dB on held-out real EM after 3 GPU epochs).
-    lr_space always uses it: its last_cross sees only the LR input."""
+    lr_space always uses it: its last_cross sees only the LR input.
+    `noise_channel`: the U-Net also gets the input's noise level (`noise_level`) as a constant channel before the
+    frames (first, so `widen_frames` maps a 1-frame model's input channels as without it)."""
 
     def __init__(self, unet: nn.Module, scale: int, lr_space: bool, imagenet_norm: bool, residual: bool = False,
-                 head: Optional[nn.Module] = None):
+                 head: Optional[nn.Module] = None, noise_channel: bool = False):
         super().__init__()
         self.unet, self.head = unet, head
         self.scale, self.lr_space, self.imagenet_norm = scale, lr_space, imagenet_norm
-        self.residual = residual or lr_space
+        self.residual, self.noise_channel = residual or lr_space, noise_channel
 
     def upsample(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
@@ -191,6 +213,9 @@ class PSSRNet(nn.Module):
         inp = x if self.lr_space else self.upsample(x)
         if self.imagenet_norm:
             inp = (inp - IMAGENET_MEAN) / IMAGENET_STD
+        if self.noise_channel:
+            level = noise_level(x).to(inp.dtype).view(-1, 1, 1, 1) * LEVEL_GAIN
+            inp = torch.cat([torch.zeros_like(inp[:, :1]) + level, inp], dim=1)
         out = self.unet(inp)
         if self.lr_space:
             out = self.head(out)
@@ -253,7 +278,7 @@ def build_model(meta: dict, weights_file: Optional[Path] = None) -> PSSRNet:
     """The network described by `meta` (see `DEFAULT_META`), with random or ImageNet encoder weights."""
     meta = make_meta(**meta)
     n_in = int(meta["n_frames"])
-    encoder = make_encoder(meta["arch"], n_in, weights_file, int(meta["encoder_stride"]))
+    encoder = make_encoder(meta["arch"], n_in, weights_file, int(meta["encoder_stride"]), int(meta["noise_channel"]))
     # lr_space: the U-Net ends in features for the sub-pixel head instead of the image.
     n_out = 32 if meta["lr_space"] else 1
     unet = DynamicUnet(encoder, n_out, (BUILD_SIZE, BUILD_SIZE), blur=meta["blur"], blur_final=meta["blur_final"],
@@ -265,7 +290,7 @@ def build_model(meta: dict, weights_file: Optional[Path] = None) -> PSSRNet:
     if meta["residual"] or meta["lr_space"]:
         zero_output(head if meta["lr_space"] else unet)
     return PSSRNet(unet, int(meta["scale"]), bool(meta["lr_space"]), bool(meta["imagenet_norm"]),
-                   bool(meta["residual"]), head)
+                   bool(meta["residual"]), head, bool(meta["noise_channel"]))
 
 
 def bottleneck_size(meta: dict, size: int) -> int:
