@@ -89,8 +89,8 @@ VARIANTS = {
     "lr_dir_rc": {"LR_DIR": "{data}/test/lr_rc"},  # ... by a response shape training does not draw
     # shot noise on each LR pixel for every tile, from very low dose to none (a hedge: LR_DIR sets it from real LR)
     "shot_hedge": {"COUNTS": "2,2000"},
-    "shot_hedge_ssim": {"COUNTS": "2,2000", "LOSS": "--l1_loss --ssim_weight 0.06"},  # SSIM term 0.06 (now the default)
-    "no_hedge": {"COUNTS": "0", "LOSS": "--l1_loss --ssim_weight 0.03"},  # the default before the noise channel's
+    "shot_hedge_ssim": {"COUNTS": "2,2000", "LOSS": "--l1_loss --ssim_weight 0.06"},  # SSIM term 0.06 (EM's now)
+    "no_hedge": {"COUNTS": "0", "LOSS": "--l1_loss --ssim_weight 0.03"},  # the blind default when it was measured
     "shot_hedge_half": {"COUNTS": "2,2000", "COUNTS_SHARE": "0.5"},  # ... on half of the tiles only
     "lr_dir_dose2": {"LR_DIR": "{data}/test/lr_dose2"},  # LR beyond the default noise range
     "lr_dir_dose5": {"LR_DIR": "{data}/test/lr_dose5"},  # ... and beyond what the crappifier's noise reaches

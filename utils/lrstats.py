@@ -23,8 +23,8 @@ CROP = 512  # px: what the estimates read of a frame (noise and neighbour statis
 # (1.67x, +0.21) and 2 (2.3x, -0.04) do not. A model trained on LR like the last by the crappifier's strength
 # alone read 0.23: 5 photons pass (1.27x, +0.50), 2 do not (1.75x, +0.07); with shot noise on the LR pixels
 # (LR_DIR now; --crap_counts) 0.44: 2 photons pass (0.91x, +0.46). A model told the noise level
-# (`--noise_channel`, quick.sh's default) goes further: reference 0.17, 5 photons +0.30 dB and sigma 0.3
-# (gauss_hi) +0.31, 2 photons +0.10; its limit is NOISIER_TOLD.
+# (`--noise_channel`, quick.sh's for EM) goes further: reference 0.17, 5 photons +0.29-0.30 dB and sigma 0.3
+# (gauss_hi) +0.29-0.31, 2 photons +0.10; its limit is NOISIER_TOLD.
 SMOOTHER_ALONG_X = 0.8
 NOISIER = 1.4
 NOISIER_TOLD = 2.0
