@@ -660,6 +660,32 @@ def test_ctrl_c_swallowed_by_a_finalizer_still_stops_the_loop(monkeypatch):
     assert installed == [errors._interrupt]
 
 
+def test_ctrl_c_that_breaks_a_cleanup_is_still_ctrl_c(monkeypatch, capsys):
+    """Ctrl-C landing inside a cleanup (a file's close, say) can make it raise something else while the
+    KeyboardInterrupt unwinds; that is still the interrupt: one line and status 130, not a traceback and 1.
+    Without an interrupt the same error escapes as it is."""
+    import signal
+    from utils import errors
+
+    def cut_short():
+        try:
+            errors._interrupt(signal.SIGINT, None)
+        finally:
+            raise OSError("close of a half-written file failed")
+
+    monkeypatch.setattr(sys, "argv", ["x"])
+    monkeypatch.setattr(errors, "_interrupted", False)
+    try:
+        with pytest.raises(SystemExit) as e:
+            errors.run_cli(cut_short)
+        assert e.value.code == 130 and capsys.readouterr().err.startswith("error: interrupted")
+        monkeypatch.setattr(errors, "_interrupted", False)
+        with pytest.raises(OSError):
+            errors.run_cli(lambda: (_ for _ in ()).throw(OSError("disk full")))
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ctrl_c_is_one_line_too(tmp_path, workers):
     """Ctrl-C in a terminal signals the whole process group (worker processes too): one line, exit 130, soon."""
@@ -689,5 +715,7 @@ def test_ctrl_c_is_one_line_too(tmp_path, workers):
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
     assert not (root / "dataset.json").exists(), "the run finished before the signal"
-    assert p.returncode == 130 and took < 5, (p.returncode, took)  # 2 workers: 8-45 s before (chunks of 3125)
+    # 2 workers: 8-45 s before (chunks of 3125). Once, beside a CPU-bound benchmark, 1 worker exited 1 in 0.1 s
+    # (not reproduced in 12 tries; most likely a cleanup the signal cut short: run_cli now reads that as Ctrl-C).
+    assert p.returncode == 130 and took < 5, (p.returncode, took, err[-2000:])
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err[-500:]

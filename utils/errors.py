@@ -63,6 +63,12 @@ def check_interrupted() -> None:
         raise KeyboardInterrupt
 
 
+def _exit_interrupted() -> None:
+    print("error: interrupted; the files already written are complete (steps 2-4 continue with --resume)",
+          file=sys.stderr)
+    sys.exit(130)
+
+
 def run_cli(component: Callable) -> None:
     """`fire.Fire(component)` with `PSSRError` turned into `error: ...` and exit status 2, Ctrl-C into one line
     and status 130 (every file is written under a temporary name first, so nothing half-written remains)."""
@@ -75,9 +81,11 @@ def run_cli(component: Callable) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("error: interrupted; the files already written are complete (steps 2-4 continue with --resume)",
-              file=sys.stderr)
-        sys.exit(130)
+        _exit_interrupted()
+    except Exception:
+        if not _interrupted:
+            raise
+        _exit_interrupted()  # a cleanup that Ctrl-C cut short raised something else while unwinding: still Ctrl-C
     if dist.launched():
         _leave_launched()
 
