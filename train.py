@@ -128,7 +128,7 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     many last epochs instead of the best epoch's, unless the average validates more than 1% worse
     (utils.training.WeightAverage, keep_better; not in the paper); its .json's final_weights says which.
     noise_channel: the U-Net is also told each input tile's noise level, read from the tile by the model itself
-    (utils.model.noise_level; not in the paper), so it restores LR noisier than any it trained on."""
+    (utils.model.tile_noise_sigma; not in the paper), so it restores LR noisier than any it trained on."""
     if datasetname is None:
         fail(None, "--datasetname is required (a folder of --data_path written by tile_from_info.py)")
     if lr_type not in ("s", "t", "z"):

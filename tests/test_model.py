@@ -8,7 +8,7 @@ from torchvision.models import resnet18
 
 import utils  # noqa: F401
 from utils.errors import PSSRError
-from utils.model import build_model, find_weights, load_model, make_meta, noise_level, save_model, widen_frames
+from utils.model import build_model, find_weights, load_model, make_meta, tile_noise_sigma, save_model, widen_frames
 
 
 @pytest.mark.parametrize("noise", [False, True])
@@ -39,10 +39,10 @@ def test_noise_level_reads_the_noise_not_the_structure():
     smooth = 0.5 + 0.3 * torch.sin(yy) * torch.cos(xx)
     for sigma in (0.02, 0.05, 0.1, 0.2):
         noisy = ((smooth + sigma * torch.randn(2, 1, 64, 64, generator=g)).clamp(0, 1) * 255).round() / 255
-        level = noise_level(noisy)
+        level = tile_noise_sigma(noisy)
         assert level.shape == (2,) and torch.allclose(level, torch.full((2,), sigma), rtol=0.15)
         stack = torch.cat([torch.rand(2, 2, 64, 64, generator=g), noisy, torch.zeros(2, 2, 64, 64)], dim=1)
-        assert torch.equal(noise_level(stack), level)
+        assert torch.equal(tile_noise_sigma(stack), level)
 
 
 def test_noise_channel_is_read(monkeypatch):
@@ -57,7 +57,7 @@ def test_noise_channel_is_read(monkeypatch):
     x = torch.rand(2, 1, 32, 32)
     outs = []
     for level in (0.02, 0.2):
-        monkeypatch.setattr(um, "noise_level", lambda x, level=level: torch.full((len(x),), level))
+        monkeypatch.setattr(um, "tile_noise_sigma", lambda x, level=level: torch.full((len(x),), level))
         with torch.no_grad():
             outs.append(told(x))
     assert (outs[0] - outs[1]).abs().max() > 1e-3

@@ -23,7 +23,7 @@ from .errors import PSSRError, fail
 from .fileio import atomic_path
 from .norm import PCT_HI, PCT_LO
 
-__all__ = ["ARCHS", "LR_HEADS", "DEFAULT_META", "make_meta", "noise_level", "PSSRNet", "build_model",
+__all__ = ["ARCHS", "LR_HEADS", "DEFAULT_META", "make_meta", "tile_noise_sigma", "PSSRNet", "build_model",
            "bottleneck_size", "find_weights", "widen_frames", "save_model", "load_model", "load_safe", "model_paths",
            "model_exists"]
 
@@ -75,7 +75,7 @@ def adapt_first_conv(model: nn.Module, n_in: int, n_level: int = 0) -> None:
     The paper does not say how its stem takes 5 frames. fastai's adaptation keeps 3 channels and zeroes the rest
     (the net would start blind to 2 frames, one of them maybe the centre); spreading the kernel over all frames
     starts it as a temporal average, which blurs whatever moves: 0.10-0.16 dB lower on a held-out synthetic
-    time-lapse after 20 minutes. `n_level` more channels go first, zero too (the noise level: `noise_level`)."""
+    time-lapse after 20 minutes. `n_level` more channels go first, zero too (the noise level: `tile_noise_sigma`)."""
     old = model.conv1
     new = nn.Conv2d(n_level + n_in, old.out_channels, old.kernel_size, old.stride, old.padding,
                     bias=old.bias is not None)
@@ -174,7 +174,7 @@ HAAR_HH = torch.tensor([[[[1.0, -1.0], [-1.0, 1.0]]]]) / 2
 LEVEL_GAIN = 10.0  # the level enters the U-Net x10: EM LR reads 0.07-0.37 (none to 2 photons per pixel)
 
 
-def noise_level(x: torch.Tensor) -> torch.Tensor:
+def tile_noise_sigma(x: torch.Tensor) -> torch.Tensor:
     """(B,) noise sigma of each image's centre frame (B, n_frames, h, w), read from the image alone: the median
     absolute finest diagonal Haar coefficient over 0.6745 (Donoho's wavelet estimate, as skimage's
     `estimate_sigma`; fine structure adds a floor: 4x-undersampled ISBI EM with no added noise reads 0.09).
@@ -196,7 +196,7 @@ class PSSRNet(nn.Module):
     correction. Neither the paper nor the original does this, so it is opt-in (`train.py --residual`); it
     helps short trainings (README, "What to expect": +0.12 dB on held-out real EM after 3 GPU epochs).
     lr_space always uses it: its last_cross sees only the LR input.
-    `noise_channel`: the U-Net also gets the input's noise level (`noise_level`) as a constant channel before the
+    `noise_channel`: the U-Net also gets the input's noise level (`tile_noise_sigma`) as a constant channel before the
     frames (first, so `widen_frames` maps a 1-frame model's input channels as without it)."""
 
     def __init__(self, unet: nn.Module, scale: int, lr_space: bool, imagenet_norm: bool, residual: bool = False,
@@ -214,7 +214,7 @@ class PSSRNet(nn.Module):
         if self.imagenet_norm:
             inp = (inp - IMAGENET_MEAN) / IMAGENET_STD
         if self.noise_channel:
-            level = noise_level(x).to(inp.dtype).view(-1, 1, 1, 1) * LEVEL_GAIN
+            level = tile_noise_sigma(x).to(inp.dtype).view(-1, 1, 1, 1) * LEVEL_GAIN
             inp = torch.cat([torch.zeros_like(inp[:, :1]) + level, inp], dim=1)
         out = self.unet(inp)
         if self.lr_space:

@@ -58,7 +58,7 @@ SSIM_WEIGHT = 0.03
 # Told the noise level, a model smooths LR at the noisy end of its training range more (held-out real EM: the SSIM
 # gain on `em` fell from +0.021 to +0.011 at 0.03, +0.014-0.016 at 0.06 over two seeds, PSNR gains equal).
 SSIM_WEIGHT_TOLD = 0.06
-# Crappifiers whose models are told the noise level (utils.model.noise_level). On real EM, seed for seed, it gained
+# Crappifiers whose models are told the noise level (utils.model.tile_noise_sigma). On real EM, seed for seed, it gained
 # -0.02..+0.08 dB more than a blind model on LR like the training LR and 0.1-0.2 dB more on noisier LR; on real
 # fluorescence z-stacks it lost 0.0-0.4 dB (one run): one sigma per tile reads the noise of a dark background,
 # not of the bright structure (bench/RESULTS.md, "Told the noise level").
