@@ -15,6 +15,7 @@
 # once in step 2 instead of on the fly, for comparison), AVERAGE (the model keeps its weights averaged over about
 # this many last epochs where they validate within 1% of the best epoch, default 4; 0 keeps the best epoch's).
 # Any value of the printed plan can be fixed from the environment (for every model trained), e.g. EPOCHS=40,
+# TILE=128 (the rest of the plan, the encoder stride included, is then made for that tile),
 # BANDWIDTH=0,1 (LR smoothed along its scan lines, which LR_DIR sets where it measures it; BANDWIDTH_SHARE=0.33
 # for a third of the tiles only), COUNTS=5,80 (shot noise on each LR pixel, counts for white: LR_DIR sets it
 # for LR noisier than the crappifier reaches; COUNTS_SHARE=0.5 for half of the tiles only),
@@ -54,7 +55,8 @@ train_model() {
     began=$(date +%s)
     echo "== quick: planning the $nf-frame model for $(( secs / 60 )) min $(( secs % 60 )) s" >&2
     PLAN=$("$PY" -m utils.quick "$INFO" --crap_func "$CRAP_FUNC" --n_frames "$nf" --minutes "$(( secs / 6 ))e-1" \
-           --arch "$ARCH" --seed "$SEED" ${LR_DIR:+--lr_dir "$LR_DIR"} ${start:+--warm} $SSIM_ARG)
+           --arch "$ARCH" --seed "$SEED" ${LR_DIR:+--lr_dir "$LR_DIR"} ${TILE:+--tile "$TILE"} ${start:+--warm} \
+           $SSIM_ARG)
     # Values already set in the environment win over the plan's.
     while IFS= read -r line; do
         key=${line%%=*}

@@ -24,8 +24,8 @@ from utils.norm import to_uint8
 from utils.onthefly import Draws, FreshPairs, make_fly_dls, read_hr_stack
 from utils.lrstats import fast_axis_ratio, noise_sigma
 from utils.quick import (COUNTS_RANGE, NOISE_RANGE, SSIM_WEIGHT, SSIM_WEIGHT_TOLD, bandwidth_range, counts_range,
-                         estimate_bandwidth, estimate_strength, match_noise, pick_stride, pick_tile, pick_workers,
-                         pipeline_rate, sample_rate, strength_range)
+                         estimate_bandwidth, estimate_strength, make_plan, match_noise, pick_stride, pick_tile,
+                         pick_workers, pipeline_rate, sample_rate, strength_range)
 from utils.restore import frame_windows
 from utils.tiling import DatasetSpec, make_dataset
 
@@ -356,6 +356,18 @@ def test_planner_tiles_strides_and_noise_match(sample_info, tmp_path):
                                                                        / 255.0), rel=0.3)
     # The range drawn from reaches down to nearly clean LR: a tenth of the top, around any centre.
     assert strength_range(1.0) == "0.2,2" and strength_range(strength) == f"{0.2 * strength:.3g},{2 * strength:.3g}"
+
+
+def test_planner_plans_for_a_tile_the_user_fixes(sample_info):
+    """TILE from the environment (quick.sh gives it to the plan): the encoder stride and batch follow it, so a
+    smaller tile keeps a >= 4x4 bottleneck (the plan made for 256 px kept stride 16: 2x2 at 128 px)."""
+    import pandas as pd
+    plan = make_plan(sample_info, "em_AG_D_sameas_preprint", minutes=0.05, arch="resnet18", tile=128)
+    assert plan["TILE"] == 128 and plan["BS"] == 16 and plan["NET"] == "--lr_space --encoder_stride 8 --noise_channel"
+    side = int(pd.read_csv(sample_info)[["x", "y"]].min().min())
+    assert pick_tile(pd.read_csv(sample_info), side) == side
+    with pytest.raises(PSSRError, match=f"TILE {side + 1} px is larger than the smallest frame"):
+        pick_tile(pd.read_csv(sample_info), side + 1)
 
 
 def test_planner_reads_a_detectors_bandwidth_from_real_lr(sample_info, tmp_path):

@@ -91,9 +91,14 @@ COUNTS_RANGE = (0.25, 25.0)
 LOOP_EFFICIENCY = 0.88
 
 
-def pick_tile(df: pd.DataFrame) -> int:
-    """The largest of TILES that every training and validation frame can hold."""
+def pick_tile(df: pd.DataFrame, tile: Optional[int] = None) -> int:
+    """The largest of TILES that every training and validation frame can hold, or `tile` (a user's choice)
+    when they all can."""
     side = int(min(df.x.min(), df.y.min()))
+    if tile:
+        if tile > side:
+            fail(None, f"TILE {tile} px is larger than the smallest frame ({side} px)")
+        return int(tile)
     for t in TILES:
         if t <= side:
             return t
@@ -267,15 +272,16 @@ def pipeline_rate(net_rate: float, data_rate: float, workers: int) -> float:
 
 def make_plan(info: Path, crap_func: str, n_frames: int = 1, minutes: float = 15.0, lr_dir: Optional[Path] = None,
               scale: int = 4, arch: str = "resnet34", seed: int = 0, warm: bool = False,
-              ssim_weight: Optional[float] = None) -> Dict[str, object]:
+              ssim_weight: Optional[float] = None, tile: Optional[int] = None) -> Dict[str, object]:
     """Every setting quick.sh needs; see the module docstring for the reasoning. `ssim_weight` None: the
-    default for the network (SSIM_WEIGHT, or SSIM_WEIGHT_TOLD)."""
+    default for the network (SSIM_WEIGHT, or SSIM_WEIGHT_TOLD). `tile`: the HR tile side, instead of the
+    largest that fits; the encoder stride, batch and rates are planned for it."""
     check_crappifier(crap_func)
     told = crap_func in TOLD_NOISE
     if ssim_weight is None:
         ssim_weight = SSIM_WEIGHT_TOLD if told else SSIM_WEIGHT
     df = pd.read_csv(info)
-    tile = pick_tile(df)
+    tile = pick_tile(df, tile)
     stride = pick_stride(tile, scale)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bs = 8 if tile >= 256 else 16
@@ -318,14 +324,15 @@ def match_noise(df: pd.DataFrame, crap_func: str, lr_dir: Optional[Path] = None,
 
 def main(info: str, crap_func: str, n_frames: int = 1, minutes: float = 15.0, lr_dir: Optional[str] = None,
          scale: int = 4, arch: str = "resnet34", seed: int = 0, warm: bool = False,
-         ssim_weight: Optional[float] = None) -> None:
+         ssim_weight: Optional[float] = None, tile: Optional[int] = None) -> None:
     """Print the plan as KEY=VALUE lines for quick.sh (values are taken verbatim, spaces included). --warm: the
     model starts from a trained one (quick.sh's multi-frame model from its 1-frame one). --ssim_weight: of the
-    loss's SSIM term (quick.sh gives 0 for both models of a multi-frame run, module docstring)."""
+    loss's SSIM term (quick.sh gives 0 for both models of a multi-frame run, module docstring). --tile: the HR
+    tile side (quick.sh's TILE from the environment), for which the rest is planned."""
     if not Path(info).is_file():
         fail(info, "info CSV not found (step 1 writes it)")
     for k, v in make_plan(Path(info), crap_func, n_frames, minutes, lr_dir or None, scale, arch, seed, warm,
-                          None if ssim_weight is None else float(ssim_weight)).items():
+                          None if ssim_weight is None else float(ssim_weight), tile and int(tile)).items():
         print(f"{k}={v}")
 
 
