@@ -364,10 +364,11 @@ def test_planner_plans_for_a_tile_the_user_fixes(sample_info):
     import pandas as pd
     plan = make_plan(sample_info, "em_AG_D_sameas_preprint", minutes=0.05, arch="resnet18", tile=128)
     assert plan["TILE"] == 128 and plan["BS"] == 16 and plan["NET"] == "--lr_space --encoder_stride 8 --noise_channel"
-    side = int(pd.read_csv(sample_info)[["x", "y"]].min().min())
-    assert pick_tile(pd.read_csv(sample_info), side) == side
+    df = pd.read_csv(sample_info)
+    side = int(df[["x", "y"]].min().min())
+    assert pick_tile(df, side) == side
     with pytest.raises(PSSRError, match=f"TILE {side + 1} px is larger than the smallest frame"):
-        pick_tile(pd.read_csv(sample_info), side + 1)
+        pick_tile(df, side + 1)
 
 
 def test_planner_reads_a_detectors_bandwidth_from_real_lr(sample_info, tmp_path):
