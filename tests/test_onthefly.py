@@ -369,6 +369,8 @@ def test_planner_plans_for_a_tile_the_user_fixes(sample_info):
     assert pick_tile(df, side) == side
     with pytest.raises(PSSRError, match=f"TILE {side + 1} px is larger than the smallest frame"):
         pick_tile(df, side + 1)
+    with pytest.raises(PSSRError, match="TILE 126 px is not a multiple of the scale 4"):
+        pick_tile(df, 126)
 
 
 def test_planner_reads_a_detectors_bandwidth_from_real_lr(sample_info, tmp_path):

@@ -91,13 +91,15 @@ COUNTS_RANGE = (0.25, 25.0)
 LOOP_EFFICIENCY = 0.88
 
 
-def pick_tile(df: pd.DataFrame, tile: Optional[int] = None) -> int:
+def pick_tile(df: pd.DataFrame, tile: Optional[int] = None, scale: int = 4) -> int:
     """The largest of TILES that every training and validation frame can hold, or `tile` (a user's choice)
-    when they all can."""
+    when they all can and it holds whole LR pixels."""
     side = int(min(df.x.min(), df.y.min()))
     if tile:
         if tile > side:
             fail(None, f"TILE {tile} px is larger than the smallest frame ({side} px)")
+        if tile % scale:
+            fail(None, f"TILE {tile} px is not a multiple of the scale {scale}")
         return int(tile)
     for t in TILES:
         if t <= side:
@@ -281,7 +283,7 @@ def make_plan(info: Path, crap_func: str, n_frames: int = 1, minutes: float = 15
     if ssim_weight is None:
         ssim_weight = SSIM_WEIGHT_TOLD if told else SSIM_WEIGHT
     df = pd.read_csv(info)
-    tile = pick_tile(df, tile)
+    tile = pick_tile(df, tile, scale)
     stride = pick_stride(tile, scale)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bs = 8 if tile >= 256 else 16
