@@ -3,6 +3,7 @@ training never saw, against bilinear upsampling of the same LR, with paired t-te
 
     python bench/bench_quality.py [--variants quick,fixed_pairs] [--minutes 20] [--work bench/out/quality] [--isbi TIF]
                                   [--reuse] [--train_slices 20]
+    python bench/bench_quality.py --references [--work ...]  # what the test LR gives without training
     python bench/bench_quality.py --movies DIR|synthetic|nuclei|zeiss [--minutes 20]  # fluorescence, 5 vs 1 frame
 
 EM (default): the ISBI 2012 ssTEM volume in ../shared/data/em_isbi2012 (30 x 512², 4 nm pixels): slices 0-19 are
@@ -46,7 +47,8 @@ import tifffile  # noqa: E402
 from scipy import stats  # noqa: E402
 from scipy.ndimage import gaussian_filter, gaussian_filter1d, shift  # noqa: E402
 from scipy.signal import lfilter  # noqa: E402
-from skimage.transform import rescale  # noqa: E402
+from skimage.restoration import denoise_nl_means, denoise_tv_chambolle, estimate_sigma  # noqa: E402
+from skimage.transform import rescale, resize  # noqa: E402
 
 from utils.crappifiers import crappify, downsample  # noqa: E402
 from utils.errors import fail, run_cli  # noqa: E402
@@ -211,15 +213,16 @@ def write_test_set(data: Path, gts: Dict[str, np.ndarray], bench: Bench, seed: i
         (data / "test" / d).mkdir(parents=True, exist_ok=True)
     for name, gt in gts.items():
         gt = gt[..., :gt.shape[-2] // SCALE * SCALE, :gt.shape[-1] // SCALE * SCALE]  # restorations are LR x 4
-        tifffile.imwrite(data / "test/gt" / f"{name}.tif", gt)
+        tifffile.imwrite(data / "test/gt" / f"{name}.tif", gt, photometric="minisblack")  # 3 frames are no RGB
         for deg, degrade in bench.degradations.items():
-            tifffile.imwrite(data / "test" / f"lr_{deg}" / f"{name}.tif", degrade_frames(gt, degrade, rng, to_unit))
+            tifffile.imwrite(data / "test" / f"lr_{deg}" / f"{name}.tif", degrade_frames(gt, degrade, rng, to_unit),
+                             photometric="minisblack")
 
 
 def degrade_frames(gt: np.ndarray, degrade: Degradation, rng: np.random.Generator,
                    to_unit: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """Every 2D frame of a GT image or movie brought to [0, 1] and degraded, in the GT's shape."""
-    lr = np.stack([degrade(f, rng) for f in np.clip(to_unit(gt), 0, 1).reshape(-1, *gt.shape[-2:])])
+    lr = np.stack([degrade(f, rng) for f in as_frames(np.clip(to_unit(gt), 0, 1))])
     return lr.reshape(*gt.shape[:-2], *lr.shape[-2:])
 
 
@@ -233,7 +236,8 @@ def write_foreign_sets(data: Path, bench: Bench, seed: int, to_unit: Callable[[n
         rng, tmp = np.random.default_rng([seed, k]), dest.with_name(dest.name + ".partial")
         tmp.mkdir(parents=True, exist_ok=True)
         for gt in sorted((data / "test/gt").glob("*.tif")):
-            tifffile.imwrite(tmp / gt.name, degrade_frames(tifffile.imread(gt), degrade, rng, to_unit))
+            tifffile.imwrite(tmp / gt.name, degrade_frames(tifffile.imread(gt), degrade, rng, to_unit),
+                             photometric="minisblack")
         tmp.rename(dest)
 
 
@@ -358,9 +362,14 @@ def trained_model(out: Path, n_frames: int = 1) -> Optional[str]:
     return names[0] if len(names) == 1 else None
 
 
+def as_frames(x: np.ndarray) -> np.ndarray:
+    """An image or movie as a stack of 2D frames."""
+    return x.reshape(-1, *x.shape[-2:])
+
+
 def frame_metrics(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """(PSNR, SSIM) of every 2D frame of a GT image or movie and its restoration."""
-    g, p = gt.reshape(-1, *gt.shape[-2:]).astype(np.float32), pred.reshape(-1, *pred.shape[-2:])
+    g, p = as_frames(gt).astype(np.float32), as_frames(pred)
     return np.array([slice_metrics(a, b) for a, b in zip(g, p)])
 
 
@@ -402,13 +411,71 @@ def score(data: Path, outs: Dict[int, Tuple[Path, str]], bench: Bench) -> list:
     return rows
 
 
+def in_band(gt: np.ndarray, scale: int = SCALE) -> np.ndarray:
+    """The truth low-passed (ideal filter) to the band that `scale`x sampling carries: a restoration that got
+    every frequency the LR can hold exactly right, free of noise and aliasing, and added nothing above it."""
+    f = np.fft.fft2(gt.astype(np.float64))
+    fy, fx = (np.abs(np.fft.fftfreq(n)) <= 0.5 / scale for n in gt.shape[-2:])
+    return np.real(np.fft.ifft2(f * (fy[:, None] & fx[None]))).astype(np.float32)
+
+
+def denoise_tv(lr: np.ndarray) -> np.ndarray:
+    return denoise_tv_chambolle(lr, weight=0.05)
+
+
+def denoise_nlm(lr: np.ndarray) -> np.ndarray:
+    sigma = estimate_sigma(lr)
+    return denoise_nl_means(lr, h=0.6 * sigma, sigma=sigma, patch_size=3, patch_distance=5, fast_mode=True)
+
+
+# Restorations without training, (LR filter, spline order up to HR, half-width of a window of neighbouring
+# frames averaged first): the filter acts on LR brought to [0, 1]; the windowed ones, the classical counterpart
+# of the 5-frame model, score on multi-frame benches only (edge frames repeated, as image_gen.py does).
+CLASSICAL = {"bilinear": (None, 1, 0), "bicubic": (None, 3, 0),
+             "gauss0.5+bilinear": (lambda x: gaussian_filter(x, 0.5), 1, 0), "tv+bilinear": (denoise_tv, 1, 0),
+             "nlm+bilinear": (denoise_nlm, 1, 0), "mean3+bilinear": (None, 1, 1), "mean5+bilinear": (None, 1, 2)}
+TRUTH = {"in_band": in_band, "blur1.5": lambda g: gaussian_filter(g.astype(np.float32), 1.5)}
+
+
+def classical(lr: np.ndarray, i: int, shape: Tuple[int, int], name: str) -> np.ndarray:
+    """Frame `i` of the LR frames `lr` restored to `shape` by CLASSICAL[name]."""
+    smooth, order, w = CLASSICAL[name]
+    x = lr[np.clip(np.arange(i - w, i + w + 1), 0, len(lr) - 1)].astype(np.float32).mean(0)
+    x = normalize(x, *percentiles(x, (0, 100)))
+    return resize(smooth(x) if smooth else x, shape, order=order).astype(np.float32)
+
+
+def reference_scores(data: Path, bench: Bench) -> pd.DataFrame:
+    """What the test LR gives without training, frame by frame as `score` scores models: the classical
+    restorations above on each test set (gains over bilinear), and two restorations made from the truth
+    itself (`TRUTH`; test set `truth`): the LR's band restored perfectly, and the truth blurred."""
+    rows, frames = [], {p.stem: as_frames(tifffile.imread(p)) for p in sorted((data / "test/gt").glob("*.tif"))}
+    for name, make in TRUTH.items():
+        m = np.concatenate([[slice_metrics(g, make(g)) for g in fr] for fr in frames.values()])
+        rows.append(dict(degradation="truth", reference=name, frames=len(m), psnr=m[:, 0].mean(), ssim=m[:, 1].mean()))
+    names = [k for k, (*_, w) in CLASSICAL.items() if w == 0 or max(bench.n_frames) > 1]
+    for deg in [*bench.degradations, *bench.foreign]:
+        per = {k: [] for k in names}
+        for stem, fr in frames.items():
+            lr = as_frames(tifffile.imread(data / "test" / f"lr_{deg}" / f"{stem}.tif"))
+            for k in names:
+                per[k] += [slice_metrics(g, classical(lr, i, g.shape, k)) for i, g in enumerate(fr)]
+        b = np.array(per["bilinear"])
+        for k, v in per.items():
+            m = np.array(v)
+            rows.append(dict(degradation=deg, reference=k, frames=len(m), psnr=m[:, 0].mean(), ssim=m[:, 1].mean(),
+                             **compare(m, b, "bilinear")))
+    return pd.DataFrame(rows)
+
+
 def main(variants: str = "quick", minutes: float = 20, work: str = "bench/out/quality", isbi: str = str(ISBI),
-         movies: Optional[str] = None, reuse: bool = False, train_slices: int = 20) -> None:
+         movies: Optional[str] = None, reuse: bool = False, train_slices: int = 20, references: bool = False) -> None:
     """Run each variant of quick.sh and score it. --isbi points at the EM volume where ../shared is elsewhere,
     --train_slices N trains on its first N slices only (default all 20);
     --movies DIR (or `synthetic`, `nuclei`, `zeiss`) benchmarks fluorescence instead (module docstring). --reuse
     scores the model a variant's folder already holds instead of training again (test sets added since, or a
-    run cut off while scoring); its minutes are then left blank."""
+    run cut off while scoring); its minutes are then left blank. --references trains nothing: it scores the
+    restorations made without training (`reference_scores`) into WORK/references.csv."""
     names = list(variants) if isinstance(variants, (list, tuple)) else [v for v in str(variants).split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
@@ -420,6 +487,11 @@ def main(variants: str = "quick", minutes: float = 20, work: str = "bench/out/qu
         if not Path(isbi).is_file():
             fail(isbi, "real EM volume not found (../shared/data/em_isbi2012, or give --isbi)")
         bench, data = EM, make_em_data(work, Path(isbi), int(train_slices))
+    if references:
+        df = reference_scores(data, bench)
+        df.to_csv(work / "references.csv", index=False)
+        print(df.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+        return
     results = []
     for v in names:
         outs, secs = {}, {}

@@ -185,3 +185,30 @@ def test_zeiss_z_stacks_train_on_mitosis_and_test_on_an_unseen_nucleus(tmp_path)
     assert sorted(p.name for p in (data / "test/gt").iterdir()) == ["nucleus_t0.tif", "nucleus_t1.tif",
                                                                       "nucleus_t2.tif"]
     assert tifffile.imread(data / "test/lr_shot/nucleus_t1.tif").shape == (6, 50, 75)
+
+
+def test_references_score_what_the_lr_gives_without_training(tmp_path):
+    """`--references`: the truth's own LR band restores a band-limited truth exactly; on clean LR of smooth
+    structure bicubic beats bilinear, and smoothing the LR first beats it on noisy LR; every frame of a movie
+    is scored."""
+    rng = np.random.default_rng(0)
+    gt = np.stack([bq.in_band(rng.random((64, 64)), 8) for _ in range(3)])  # within half the LR band
+    gt = np.round(200 * (gt - gt.min()) / (gt.max() - gt.min()) + 20).astype(np.uint8)
+    bench = bq.Bench("x", (1,), {"clean": lambda hr, r: bq.to_uint8(bq.downsample(hr, 4)),
+                                 "noisy": lambda hr, r: bq.gaussian_lr(hr, r, 0.15)})
+    bq.write_test_set(tmp_path, {"m": gt}, bench, 0, bq.em_to_unit)
+    df = bq.reference_scores(tmp_path, bench).set_index(["degradation", "reference"])
+    assert (df["frames"] == 3).all() and len(df) == 2 + 2 * (len(bq.CLASSICAL) - 2)  # no windows: 1-frame bench
+    assert df.loc[("truth", "in_band"), "psnr"] > df.loc[("truth", "blur1.5"), "psnr"] + 10
+    assert df.loc[("clean", "bilinear"), "d_psnr_bilinear"] == 0
+    assert df.loc[("clean", "bicubic"), "d_psnr_bilinear"] > 0
+    assert df.loc[("noisy", "gauss0.5+bilinear"), "d_psnr_bilinear"] > 0.1
+    # a static movie's neighbours average its noise away; a 5-frame bench scores that too
+    bench.n_frames = (5, 1)
+    df = bq.reference_scores(tmp_path, bench).set_index(["degradation", "reference"])
+    still = tmp_path / "still"
+    bq.write_test_set(still, {"m": np.stack([gt[0]] * 5)}, bench, 0, bq.em_to_unit)
+    still_df = bq.reference_scores(still, bench).set_index(["degradation", "reference"])
+    assert len(df) == 2 + 2 * len(bq.CLASSICAL)
+    assert still_df.loc[("noisy", "mean5+bilinear"), "d_psnr_bilinear"] > 2
+    assert still_df.loc[("clean", "mean3+bilinear"), "d_psnr_bilinear"] == pytest.approx(0, abs=1e-6)
