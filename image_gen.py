@@ -187,6 +187,8 @@ UNLIKE = {  # kind: (what the input is, the .json key of the training LR's value
                  "lr_fast_axis_ratio", "a detector bandwidth it never saw"),
     "noisier": ("noisier than any of the model's training LR (noise level", "lr_noise_level",
                 "noise beyond its training range"),
+    "cleaner": ("cleaner than any of the model's training LR (noise level", "lr_noise_level_min",
+                "nearly noise-free LR, on which it gained {clean_gain_db:+.2f} dB over bilinear in training"),
 }
 
 
@@ -200,9 +202,9 @@ def warn_unlike(jobs: list, unlike: set) -> None:
         j, value = hits[0]
         (_, _, meta), path = jobs[j]
         what, key, why = UNLIKE[kind]
-        warn(path, f"{name}: {len(hits)} input file(s) like this one are {what} {value:.2f} vs {meta[key]:.2f}): "
-                   f"{why}, so expect little gain over bilinear. LR_DIR=<these LR images> recipes/quick.sh ... "
-                   f"trains on LR like them")
+        warn(path, f"{name}: {len(hits)} input file(s) like this one are {what} {value:.3g} vs {meta[key]:.3g}): "
+                   f"{why.format(**meta)}, so expect little gain over bilinear. LR_DIR=<these LR images> "
+                   f"recipes/quick.sh ... trains on LR like them")
 
 
 def output_path(folder: Path, path: Path, name: str, out_format: str = "tif") -> Path:

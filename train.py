@@ -9,7 +9,8 @@ validation PSNR/SSIM next to the bilinear baseline of the same LR tiles.
 Multi-GPU: `accelerate launch train.py ...` (batch size is per GPU, as in the original).
 
 `--crap_func NAME` crappifies on the fly: the data set's HR tiles are augmented and then crappified afresh
-at every epoch (utils/onthefly.py), with the noise level drawn per tile from `--crap_strength lo,hi`.
+at every epoch (utils/onthefly.py), with the noise level drawn per tile from `--crap_strength lo,hi`; the
+final model is also scored on its validation tiles crappified without noise (`clean_gain_db`).
 """
 import os
 import sys
@@ -26,13 +27,14 @@ from utils.crappifiers import (check_crappifier, parse_bandwidth, parse_blur, pa
 from utils.data import MAX_ROTATE, MAX_ZOOM, find_dataset, find_hr_tiles, make_dls
 from utils.errors import fail, run_cli
 from utils.loss import sr_loss
+from utils.lrstats import CLEAN_GAIN
 from utils.model import (ARCHS, DEFAULT_META, LR_HEADS, bottleneck_size, build_model, find_weights, load_safe,
                          model_exists, model_paths, read_meta, save_model, widen_frames)
 from utils.onthefly import Draws, SetDrawEpoch, make_fly_dls
 from utils.progress import plain_training_progress
 from utils.training import (CPUFastPath, add_precision, bilinear_baseline, ckpt_path, export_learner, fit_rounds,
-                            plain_opt_state, plan_of, read_ckpt, read_schedule, single_round, sr_metrics,
-                            unet_splitter, unwrap, valid_lr_reference)
+                            noise_free_gain, plain_opt_state, plan_of, read_ckpt, read_schedule, single_round,
+                            sr_metrics, unet_splitter, unwrap, valid_lr_reference)
 
 WD = 1e-3  # the original's weight decay
 
@@ -258,15 +260,22 @@ def finish(learn: Learner, meta: dict, final: str, model_dir: Path) -> None:
     b_loss, bp, bs_ = bilinear_baseline(learn, int(meta["scale"]))
     if rank_distrib():
         return  # the other ranks took part in validate(), whose metrics are gathered across ranks; rank 0 writes
-    beats = bool(loss < b_loss)
+    beats, clean = bool(loss < b_loss), noise_free_gain(learn, int(meta["scale"]))
     save_model(unwrap(learn.model), {**meta, "best_valid_loss": float(loss), "bilinear_valid_loss": b_loss,
-                                     "beats_bilinear": beats, **valid_lr_reference(learn)},
+                                     "beats_bilinear": beats, **valid_lr_reference(learn),
+                                     **({} if clean is None else {"clean_gain_db": clean})},
                final, model_dir,
                opt_state=plain_opt_state(learn.opt.state_dict()) if learn.opt else None)
     export_learner(learn, model_paths(final, model_dir)["pkl"])
     ckpt_path(final, model_dir).unlink(missing_ok=True)
     print(f"saved {model_dir / final}.pth/.json/.pkl")
-    print(f"valid PSNR {p:.2f} dB (bilinear {bp:.2f} dB), SSIM {s:.4f} (bilinear {bs_:.4f})")
+    print(f"valid PSNR {p:.2f} dB (bilinear {bp:.2f} dB), SSIM {s:.4f} (bilinear {bs_:.4f})"
+          + ("" if clean is None else f"; on its validation tiles without noise {clean:+.2f} dB over bilinear"))
+    if clean is not None and clean < CLEAN_GAIN:
+        print(f"warning: {final} gains {clean:+.2f} dB over bilinear on noise-free LR of its validation tiles: on LR "
+              f"cleaner than its training LR it smooths away detail (image_gen.py says where). For such LR, train "
+              f"with a noise range reaching lower (--crap_strength 0.05,2; quick.sh: STRENGTH or LR_DIR).",
+              file=sys.stderr)
     if not beats:
         print(f"warning: {final} does not beat bilinear upsampling on its validation tiles (loss {loss:.5f} vs "
               f"{b_loss:.5f}); its .json says beats_bilinear: false. Train longer, on more tiles, or check the "

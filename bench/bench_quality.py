@@ -23,7 +23,8 @@ on, a 130² x 10 one for validation and a held-out 256² x 20 one to test. `zeis
 quick.sh trains the 5-frame and the 1-frame model; test LR: `shot` (low dose: PSF blur sigma 1 HR px, 4x point
 sampling, Poisson noise at 30 photons for white over 2 of background, read noise 1.5 photons, stored as uint16
 counts as a detector gives them), `mild` (the same at 300 photons, read noise 3) and `fluo`, the paper's
-fluorescence crappifier that training uses. Every frame of a movie is scored.
+fluorescence crappifier that training uses, and FOREIGN_FLUO: milder LR unlike both (no noise; white noise on
+the crappifiers' downsampling). Every frame of a movie is scored.
 
 Metrics as metric_gen.py (PSNR/SSIM after norm_minmse). Each variant is quick.sh with some settings fixed
 (VARIANTS below); results go to WORK/quality.csv and are printed as a table. bench/RESULTS.md records every run
@@ -181,6 +182,21 @@ def shot(photons: float, read: float) -> Degradation:
     return degrade
 
 
+def fluo_counts(lr: np.ndarray, gain: float = 3000) -> np.ndarray:
+    """LR in [0, 1] as uint16 detector counts (`shot`'s scale at 300 photons for white)."""
+    return np.clip(np.round(lr * gain), 0, 65535).astype(np.uint16)
+
+
+# Fluorescence test LR unlike `shot` and the crappifier, milder than both (others judge models on such LR: a model
+# trained on noisy LR may smooth away what nearly clean LR carries): `clean` is `shot`'s scan without noise,
+# `gauss_lo` the crappifiers' downsampling (no PSF blur) with white Gaussian noise of sigma 0.02.
+FOREIGN_FLUO = {
+    "clean": lambda hr, rng: fluo_counts(sampled(hr)),
+    "gauss_lo": lambda hr, rng: fluo_counts(np.clip(downsample(hr, 4) + rng.normal(0, 0.02, np.shape(hr[::4, ::4])),
+                                                    0, 1)),
+}
+
+
 def crappified(name: str) -> Degradation:
     return lambda hr, rng: to_uint8(crappify(name, hr, 4, rng))
 
@@ -199,9 +215,10 @@ class Bench:
 EM = Bench("em_AG_D_sameas_preprint", (1,), {"scan": degrade_scan, "em": crappified("em_AG_D_sameas_preprint")},
            foreign=FOREIGN_EM)
 FLUO = Bench("new_crap_AG_SP", (5, 1), {"shot": shot(30, 1.5), "mild": shot(300, 3.0),
-                                         "fluo": crappified("new_crap_AG_SP")}, src="live")
+                                         "fluo": crappified("new_crap_AG_SP")}, src="live", foreign=FOREIGN_FLUO)
 # Real z-stacks: the 5-frame model reads 5 neighbouring slices (the paper's multi-frame in z).
-FLUO_Z = Bench(FLUO.crap_func, FLUO.n_frames, FLUO.degradations, src="zstack", env={"LR_TYPE": "z"})
+FLUO_Z = Bench(FLUO.crap_func, FLUO.n_frames, FLUO.degradations, src="zstack", foreign=FOREIGN_FLUO,
+               env={"LR_TYPE": "z"})
 
 
 def write_test_set(data: Path, gts: Dict[str, np.ndarray], bench: Bench, seed: int,
@@ -326,18 +343,23 @@ def fluo_bench(movies: str) -> Bench:
     return FLUO_Z if movies == "zeiss" else FLUO
 
 
+def fluo_to_unit(m: np.ndarray) -> np.ndarray:
+    return normalize(m.astype(np.float32), *percentiles(m))
+
+
 def make_fluo_data(work: Path, movies: str) -> Path:
     """Step-1 source tree and test sets under WORK/data: time-lapses in a `live` folder (stack pages are time
     points), `zeiss` z-stacks in a `zstack` one (pages are slices)."""
     data, bench = work / "data", fluo_bench(movies)
     if (data / "done").exists():
+        write_foreign_sets(data, bench, 98, fluo_to_unit)
         return data
     train, valid, test = zeiss_stacks() if movies == "zeiss" else split_movies(read_movies(movies))
     for split, part in (("train", train), ("valid", valid)):
         for name, (m, px) in part.items():
             save_unlabelled_stack(data / "src" / bench.src / "fluo" / split / f"{name}.tif", m, px)
-    write_test_set(data, {n: m for n, (m, _) in test.items()}, bench, 99,
-                   lambda m: normalize(m.astype(np.float32), *percentiles(m)))
+    write_test_set(data, {n: m for n, (m, _) in test.items()}, bench, 99, fluo_to_unit)
+    write_foreign_sets(data, bench, 98, fluo_to_unit)
     (data / "done").touch()
     return data
 

@@ -67,6 +67,26 @@ def test_synthetic_movies_make_a_source_tree(tmp_path, monkeypatch):
     assert tifffile.imread(data / "test/lr_mild/movie3.tif").shape == (16, 16, 16)
 
 
+def test_fluorescence_gets_milder_test_sets_than_its_crappifier(tmp_path):
+    """FOREIGN_FLUO: `clean` is `shot`'s scan without noise, `gauss_lo` quieter than `mild`; both uint16 movies,
+    added to an existing data folder without changing the sets already there."""
+    from utils.lrstats import noise_level
+    data = tmp_path / "data"
+    from scipy.ndimage import gaussian_filter
+    smooth = gaussian_filter(_movie(6, 128).astype(np.float32), (0, 4, 4))
+    hr = {"m": (200 + 3000 * (smooth - smooth.min()) / np.ptp(smooth)).astype(np.uint16)}
+    bq.write_test_set(data, hr, bq.FLUO, 1, bq.fluo_to_unit)
+    mild = tifffile.imread(data / "test/lr_mild/m.tif")
+    bq.write_foreign_sets(data, bq.FLUO, 2, bq.fluo_to_unit)
+    lr = {d: tifffile.imread(data / f"test/lr_{d}/m.tif") for d in ("clean", "gauss_lo")}
+    assert all(x.shape == (6, 32, 32) and x.dtype == np.uint16 for x in lr.values())
+    truth = bq.sampled(bq.fluo_to_unit(hr["m"])[0])
+    assert np.abs(lr["clean"][0] / 3000 - truth).max() <= 0.5 / 3000
+    level = {k: noise_level(x[0] / x[0].max()) for k, x in (("mild", mild), *lr.items())}
+    assert level["clean"] < level["gauss_lo"] < level["mild"], level
+    assert np.array_equal(tifffile.imread(data / "test/lr_mild/m.tif"), mild)
+
+
 def test_synthetic_nuclei_are_a_small_source_with_a_held_out_movie(monkeypatch):
     monkeypatch.setattr(bq, "nuclei_movie", lambda size, t, rng: _movie(t, size, int(rng.integers(99))))
     train, valid, test = bq.split_movies(bq.read_movies("nuclei"))

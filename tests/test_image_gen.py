@@ -213,8 +213,9 @@ def test_pixel_size_option_overrides_the_file_and_unknown_sizes_do_nothing(model
 def test_lr_smoother_or_noisier_than_the_training_lr_is_said_once(tmp_path, capsys):
     """LR smoothed along x (a detector too slow for the scan) below 0.8x the fast-axis ratio of the model's
     training LR, or noisier than 1.4x its noise level (its .json's lr_fast_axis_ratio, lr_noise_level): one
-    warning per model and kind at the end, naming a file and the count; LR like the training LR, and a model
-    that recorded neither, say nothing."""
+    warning per model and kind at the end, naming a file and the count; so is LR cleaner than the training LR's
+    cleanest for a model that gained nothing on noise-free LR; LR like the training LR, and a model that recorded
+    none of these, say nothing."""
     from scipy.ndimage import gaussian_filter1d
     from utils.lrstats import fast_axis_ratio, noise_level
     rng = np.random.default_rng(0)
@@ -228,12 +229,16 @@ def test_lr_smoother_or_noisier_than_the_training_lr_is_said_once(tmp_path, caps
     ratio, noise = fast_axis_ratio(imgs["a_white"]), noise_level(imgs["a_white"])
     assert fast_axis_ratio(imgs["b_lined"]) < 0.5 * ratio and noise_level(imgs["d_noisy"]) > 1.5 * noise
     models = tmp_path / "models"
-    for name, extra in (("ref", {"lr_fast_axis_ratio": ratio, "lr_noise_level": noise}), ("old", {})):
+    # "weak" gained nothing on noise-free validation LR, and all four inputs are cleaner than its cleanest
+    weak = {"lr_noise_level_min": 2 * noise_level(imgs["d_noisy"]), "clean_gain_db": 0.0}
+    for name, extra in (("ref", {"lr_fast_axis_ratio": ratio, "lr_noise_level": noise}), ("old", {}), ("weak", weak)):
         meta = make_meta(arch="resnet18", lr_space=True, encoder_stride=16, **extra)
         save_model(build_model(meta), meta, name, models)
-    image_gen.main(str(src), str(tmp_path / "out"), models=["ref", "old"], model_dir=str(models))
-    warned = [ln for ln in capsys.readouterr().err.splitlines() if "like this one" in ln]
-    assert len(warned) == 2 and all("LR_DIR=" in ln for ln in warned)
-    assert "b_lined.tif: ref: 2 input file(s) like this one are smoother along x" in warned[0]
-    assert f"vs {ratio:.2f})" in warned[0]
-    assert "d_noisy.tif: ref: 1 input file(s) like this one are noisier" in warned[1]
+    image_gen.main(str(src), str(tmp_path / "out"), models=["ref", "old", "weak"], model_dir=str(models))
+    warned = sorted(ln for ln in capsys.readouterr().err.splitlines() if "like this one" in ln)
+    assert len(warned) == 3 and all("LR_DIR=" in ln for ln in warned)
+    assert "a_white.tif: weak: 4 input file(s) like this one are cleaner than any" in warned[0]
+    assert "gained +0.00 dB over bilinear in training" in warned[0]
+    assert "b_lined.tif: ref: 2 input file(s) like this one are smoother along x" in warned[1]
+    assert f"vs {ratio:.3g})" in warned[1]
+    assert "d_noisy.tif: ref: 1 input file(s) like this one are noisier" in warned[2]

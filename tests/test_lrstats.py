@@ -5,8 +5,8 @@ import numpy as np
 import tifffile
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 
-from utils.lrstats import (CROP, NOISIER, NOISIER_TOLD, SMOOTHER_ALONG_X, centre_crop, fast_axis_ratio, lr_reference,
-                           lr_sample, noise_level, unlike_training)
+from utils.lrstats import (CLEAN_GAIN, CROP, NOISIER, NOISIER_TOLD, SMOOTHER_ALONG_X, centre_crop, fast_axis_ratio,
+                           lr_reference, lr_sample, noise_level, unlike_training)
 from utils.sources import open_source
 
 
@@ -23,6 +23,7 @@ def test_lr_reference_is_the_smooth_end_of_the_ratio_and_the_noisiest_level():
     quiet, loud = [_lr(i, 0.03) for i in range(5)], [_lr(10 + i, 0.2) for i in range(5)]
     ref = lr_reference(quiet + loud)
     assert ref["lr_noise_level"] == max(map(noise_level, loud)) > 2 * max(map(noise_level, quiet))
+    assert ref["lr_noise_level_min"] == min(map(noise_level, quiet))
     assert 0.8 < ref["lr_fast_axis_ratio"] < 1.1
     lined = [gaussian_filter1d(f.astype(np.float32), 1.0, axis=1) for f in loud[:3]]
     assert lr_reference(quiet + loud + lined)["lr_fast_axis_ratio"] < 0.6 * ref["lr_fast_axis_ratio"]
@@ -62,3 +63,18 @@ def test_unlike_training_names_what_the_model_never_saw(tmp_path: Path):
     for level, warned in ((noise / NOISIER_TOLD * 1.05, False), (noise / NOISIER_TOLD * 0.95, True)):
         with open_source(tmp_path / "noisy.tif") as src:
             assert bool(unlike_training(src, {**told, "lr_noise_level": level})) == warned
+
+
+def test_cleaner_lr_is_named_only_for_a_model_weak_on_noise_free_lr(tmp_path: Path):
+    """LR cleaner than the training LR's cleanest frame: a warning for a model that gained under CLEAN_GAIN dB
+    on noise-free validation LR, none for one that gained more or recorded no such gain (older models)."""
+    clean, noisy = _lr(0, 0.0), _lr(1, 0.1)
+    meta = {"lr_noise_level": noise_level(noisy), "lr_noise_level_min": noise_level(noisy)}
+    for name, img in (("clean", clean), ("noisy", noisy)):
+        tifffile.imwrite(tmp_path / f"{name}.tif", img)
+    for gain, file, expect in ((CLEAN_GAIN - 0.01, "clean", ["cleaner"]), (CLEAN_GAIN + 0.01, "clean", []),
+                               (None, "clean", []), (CLEAN_GAIN - 0.01, "noisy", [])):
+        with open_source(tmp_path / f"{file}.tif") as src:
+            found = unlike_training(src, {**meta, **({} if gain is None else {"clean_gain_db": gain})})
+        assert [kind for kind, _ in found] == expect, (gain, file, found)
+    assert found == [] and noise_level(clean) < meta["lr_noise_level_min"]

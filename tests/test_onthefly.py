@@ -300,6 +300,7 @@ def test_train_on_the_fly_end_to_end(hr_sets, tmp_path):
     assert meta["crap_bandwidth"] == [0.0, 0.8] and meta["crap_bandwidth_share"] == 0.5
     assert meta["crap_counts"] == [5.0, 80.0] and meta["crap_counts_share"] == 0.5
     assert isinstance(meta["beats_bilinear"], bool) and meta["bilinear_valid_loss"] > 0
+    assert isinstance(meta["clean_gain_db"], float) and meta["lr_noise_level_min"] < meta["lr_noise_level"]
     assert torch.load(tmp_path / "s_1_fly_e1.opt", weights_only=True)["hypers"]  # plain, safe to load
 
 
@@ -514,5 +515,6 @@ def test_a_model_no_better_than_bilinear_says_so(hr_sets, tmp_path, capsys):
                arch="resnet18", bs=4, size=64, tile_sz=64, cycles=1, lr=0.0, attn=False, fp32=True,
                crap_func="no_crap", residual=True)
     _, meta = load_model("s_1_flat_e1", tmp_path)
-    assert meta["beats_bilinear"] is False
-    assert "does not beat bilinear" in capsys.readouterr().err
+    assert meta["beats_bilinear"] is False and abs(meta["clean_gain_db"]) < 1e-3
+    err = capsys.readouterr().err
+    assert "does not beat bilinear" in err and "+0.00 dB over bilinear on noise-free LR" in err

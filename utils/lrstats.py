@@ -10,8 +10,8 @@ import numpy as np
 from .norm import normalize, percentiles
 from .sources import Source
 
-__all__ = ["CROP", "SMOOTHER_ALONG_X", "NOISIER", "NOISIER_TOLD", "noise_sigma", "noise_level", "fast_axis_ratio",
-           "centre_crop", "lr_sample", "lr_reference", "unlike_training"]
+__all__ = ["CROP", "SMOOTHER_ALONG_X", "NOISIER", "NOISIER_TOLD", "CLEAN_GAIN", "noise_sigma", "noise_level",
+           "fast_axis_ratio", "centre_crop", "lr_sample", "lr_reference", "unlike_training"]
 
 CROP = 512  # px: what the estimates read of a frame (noise and neighbour statistics need no more)
 # The training LR is remembered by its ends (lr_reference): the 10th percentile of its validation tiles'
@@ -28,6 +28,11 @@ CROP = 512  # px: what the estimates read of a frame (noise and neighbour statis
 SMOOTHER_ALONG_X = 0.8
 NOISIER = 1.4
 NOISIER_TOLD = 2.0
+# LR cleaner than the training LR's cleanest frame is unlike it too, but costs only a model that gains less than
+# CLEAN_GAIN dB over bilinear on noise-free LR of its validation tiles (`clean_gain_db`, train.py): real EM models
+# gain on noise-free LR (+0.44 dB held out); a 1-frame model of a small nuclei movie gained +0.01 there and lost
+# 0.28 dB to bilinear on noise-free held-out LR (bench/RESULTS.md, "Milder than the crappifier").
+CLEAN_GAIN = 0.1
 
 
 def noise_sigma(img: np.ndarray) -> float:
@@ -69,24 +74,30 @@ def noise_level(img: np.ndarray) -> float:
 
 def lr_reference(frames: Iterable[np.ndarray]) -> dict:
     """The ends of a model's training LR, for its `.json`, from its validation LR frames: the 10th percentile of
-    their fast-axis ratios (the smoother end; structure alone spreads them) and the largest noise level (with a
-    drawn noise range, its top)."""
+    their fast-axis ratios (the smoother end; structure alone spreads them), the largest noise level (with a
+    drawn noise range, its top) and the least (its bottom)."""
     frames = list(frames)
+    levels = [noise_level(f) for f in frames]
     return {"lr_fast_axis_ratio": float(np.percentile([fast_axis_ratio(f) for f in frames], 10)),
-            "lr_noise_level": float(max(noise_level(f) for f in frames))}
+            "lr_noise_level": float(max(levels)), "lr_noise_level_min": float(min(levels))}
 
 
 def unlike_training(src: Source, meta: dict) -> List[Tuple[str, float]]:
     """What the LR image `src` shows that the model (`meta`, its `.json`) never trained on: ("smoother", its
     fast-axis ratio) below SMOOTHER_ALONG_X times the training LR's smoother end, ("noisier", its noise level)
-    above NOISIER (NOISIER_TOLD for a model told the noise level) times the training LR's noisiest. Empty for a
-    model that recorded neither (trained before they were)."""
-    ratio, noise = meta.get("lr_fast_axis_ratio"), meta.get("lr_noise_level")
-    if not (ratio or noise):
+    above NOISIER (NOISIER_TOLD for a model told the noise level) times the training LR's noisiest, ("cleaner",
+    its noise level) below the training LR's cleanest for a model that gained under CLEAN_GAIN dB over bilinear on
+    noise-free LR. Empty for a model that recorded none of them (trained before they were)."""
+    ratio, noise, least = meta.get("lr_fast_axis_ratio"), meta.get("lr_noise_level"), meta.get("lr_noise_level_min")
+    weak_clean = least is not None and meta.get("clean_gain_db", CLEAN_GAIN) < CLEAN_GAIN
+    if not (ratio or noise or weak_clean):
         return []
     img, found = lr_sample(src), []
     if ratio and (r := fast_axis_ratio(img)) < SMOOTHER_ALONG_X * ratio:
         found.append(("smoother", r))
-    if noise and (n := noise_level(img)) > (NOISIER_TOLD if meta.get("noise_channel") else NOISIER) * noise:
+    n = noise_level(img) if noise or weak_clean else None
+    if noise and n > (NOISIER_TOLD if meta.get("noise_channel") else NOISIER) * noise:
         found.append(("noisier", n))
+    if weak_clean and n < least:
+        found.append(("cleaner", n))
     return found

@@ -12,7 +12,7 @@ target and whose frames are each crappified, as the paper's multi-frame pairs (M
 `data.EDGE_P` of them as the windows of a movie's first or last frames (`data.edge_window`).
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
@@ -27,7 +27,7 @@ from .crappifiers import draw_bandwidth, draw_counts, draw_strength, probe_blur,
 from .data import EDGE_P, affine_crop, dihedral, dihedral_matrix, edge_window, read_tile
 from .norm import to_uint8
 
-__all__ = ["read_hr_stack", "augment_hr", "Draws", "FreshPairs", "SetDrawEpoch", "make_fly_dls"]
+__all__ = ["read_hr_stack", "augment_hr", "Draws", "noise_free", "FreshPairs", "SetDrawEpoch", "make_fly_dls"]
 
 
 def read_hr_stack(path: Path, n_frames: int) -> np.ndarray:
@@ -75,6 +75,11 @@ class Draws:
     bandwidth_share: float = 1.0  # the share of stacks that get it (the rest white, as the paper)
     counts: Tuple[float, float] = (0.0, 0.0)  # shot noise per LR pixel: counts for white, range, per stack
     counts_share: float = 1.0  # the share of stacks that get it (the rest none, as the paper)
+
+
+def noise_free(draws: Draws) -> Draws:
+    """The same draws without noise (strength 0, no shot noise): the cleanest LR a scan gives."""
+    return replace(draws, strength=(0.0, 0.0), counts=(0.0, 0.0))
 
 
 class FreshPairs:
