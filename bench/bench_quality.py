@@ -120,9 +120,14 @@ def sampled(hr: np.ndarray) -> np.ndarray:
     return downsample(gaussian_filter(hr, 1.0), 4)
 
 
+def white_noise_lr(hr: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
+    """White Gaussian noise of `sigma` on the downsampled image (the crappifiers' downsampling), in [0, 1]."""
+    return np.clip(downsample(hr, 4) + rng.normal(0, sigma, np.shape(hr[::4, ::4])), 0, 1)
+
+
 def gaussian_lr(hr: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
-    """White Gaussian noise of `sigma` on the downsampled image (the crappifiers' downsampling); uint8."""
-    return to_uint8(np.clip(downsample(hr, 4) + rng.normal(0, sigma, np.shape(hr[::4, ::4])), 0, 1))
+    """`white_noise_lr` as uint8."""
+    return to_uint8(white_noise_lr(hr, rng, sigma))
 
 
 def degrade_scan(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -192,8 +197,7 @@ def fluo_counts(lr: np.ndarray, gain: float = 3000) -> np.ndarray:
 # `gauss_lo` the crappifiers' downsampling (no PSF blur) with white Gaussian noise of sigma 0.02.
 FOREIGN_FLUO = {
     "clean": lambda hr, rng: fluo_counts(sampled(hr)),
-    "gauss_lo": lambda hr, rng: fluo_counts(np.clip(downsample(hr, 4) + rng.normal(0, 0.02, np.shape(hr[::4, ::4])),
-                                                    0, 1)),
+    "gauss_lo": lambda hr, rng: fluo_counts(white_noise_lr(hr, rng, 0.02)),
 }
 
 

@@ -70,9 +70,9 @@ def test_synthetic_movies_make_a_source_tree(tmp_path, monkeypatch):
 def test_fluorescence_gets_milder_test_sets_than_its_crappifier(tmp_path):
     """FOREIGN_FLUO: `clean` is `shot`'s scan without noise, `gauss_lo` quieter than `mild`; both uint16 movies,
     added to an existing data folder without changing the sets already there."""
+    from scipy.ndimage import gaussian_filter
     from utils.lrstats import noise_level
     data = tmp_path / "data"
-    from scipy.ndimage import gaussian_filter
     smooth = gaussian_filter(_movie(6, 128).astype(np.float32), (0, 4, 4))
     hr = {"m": (200 + 3000 * (smooth - smooth.min()) / np.ptp(smooth)).astype(np.uint16)}
     bq.write_test_set(data, hr, bq.FLUO, 1, bq.fluo_to_unit)
