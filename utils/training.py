@@ -426,14 +426,19 @@ def export_learner(learn: Learner, dest: Path, weights: Optional[dict] = None) -
             model.load_state_dict(keep)
 
 
+def bilinear_centre(xb: torch.Tensor, scale: int) -> torch.Tensor:
+    """Bilinear upsampling of a batch's centre frame: the baseline every restoration is compared with."""
+    c = xb.shape[1] // 2
+    return F.interpolate(xb[:, c:c + 1].float(), scale_factor=scale, mode="bilinear", align_corners=False)
+
+
 @torch.no_grad()
 def bilinear_baseline(learn: Learner, scale: int) -> tuple:
     """(loss, PSNR, SSIM) of bilinear upsampling of the validation LR tiles (centre frame) against their HR,
     the loss by the learner's own loss function, so it compares with the model's validation loss."""
     l, p, s, n = 0.0, 0.0, 0.0, 0
     for xb, yb in learn.dls.valid:
-        c = xb.shape[1] // 2
-        up = F.interpolate(xb[:, c:c + 1].float(), scale_factor=scale, mode="bilinear", align_corners=False)
+        up = bilinear_centre(xb, scale)
         l += float(learn.loss_func(up, yb)) * len(xb)
         p += float(psnr(up, yb)) * len(xb)
         s += float(ssim(up, yb)) * len(xb)
@@ -461,9 +466,7 @@ def noise_free_gain(learn: Learner, scale: int, bs: int = 8) -> Optional[float]:
     gain = 0.0
     for i in range(0, len(clean), bs):
         xb, yb = (torch.stack(t).to(dev) for t in zip(*(clean[j] for j in range(i, min(i + bs, len(clean))))))
-        c = xb.shape[1] // 2
-        up = F.interpolate(xb[:, c:c + 1], scale_factor=scale, mode="bilinear", align_corners=False)
-        gain += float(psnr(model(xb), yb) - psnr(up, yb)) * len(xb)
+        gain += float(psnr(model(xb), yb) - psnr(bilinear_centre(xb, scale), yb)) * len(xb)
     model.train(was_training)
     return gain / len(clean)
 
