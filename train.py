@@ -99,13 +99,13 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
          device: Optional[str] = None, workers: int = 0, fp32: bool = False, resume: bool = False, force: bool = False,
          max_rotate: Optional[float] = None, max_zoom: Optional[float] = None, crap_func: Optional[str] = None,
          crap_strength="1", crap_blur="0", crap_bandwidth="0", crap_bandwidth_share: float = 1.0, crap_counts="0",
-         crap_counts_share: float = 1.0,
+         crap_counts_share: float = 1.0, crap_clean_share: float = 0.0,
          encoder_stride: Optional[int] = None,
          lr_head: str = LR_HEADS[0], ssim_weight: float = 0.0, minutes: Optional[float] = None,
          average_epochs: float = 0, noise_channel: bool = False) -> None:
     """Train; every option as the original train.py plus --schedule/--lr_space/--weights/--seed/--device/
     --workers/--model_dir/--fp32/--resume/--force/--crap_func/--crap_strength/--crap_blur/--crap_bandwidth(_share)/
-    --crap_counts(_share)/--minutes/--average_epochs/--noise_channel (README, Step 3).
+    --crap_counts(_share)/--crap_clean_share/--minutes/--average_epochs/--noise_channel (README, Step 3).
 
     lr: as the original's `slice(lr)`, the encoder's two layer groups train at lr/10; --lr_start gives a range
     spaced linearly over the three groups (paper, Methods). residual: add the bilinear upsampling to the
@@ -118,6 +118,8 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     keep white noise). crap_counts: a range of detector counts for a white LR pixel, drawn per tile: shot noise
     added to each LR pixel after crappifying, for LR noisier than the crappifier's noise reaches (off, as the
     paper; utils.crappifiers.shot_noise), for --crap_counts_share of the tiles (default all; the rest get none).
+    crap_clean_share: the share of tiles crappified without any noise (strength 0, no shot noise), for real LR
+    nearly free of noise (default 0, as the paper).
     encoder_stride: 16 for --lr_space (its U-Net sees LR pixels), else the paper's 32. lr_head: the --lr_space
     upsampling head, `subpixel` (its last x2 step linear, 1.5x faster training) or `icnr` (every step ReLU'd at HR
     size, models before it was recorded; utils.model.sr_head). ssim_weight: adds this times (1 - SSIM) of the
@@ -154,11 +156,12 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     strength, blur_range = parse_strength(crap_strength), parse_blur(crap_blur)
     bandwidth, share = parse_bandwidth(crap_bandwidth), parse_share(crap_bandwidth_share)
     counts, counts_share = parse_counts(crap_counts), parse_share(crap_counts_share, "--crap_counts_share")
+    clean_share = parse_share(crap_clean_share, "--crap_clean_share")
     fly = crap_func is not None
     if not fly and (strength != (1.0, 1.0) or blur_range != (0.0, 0.0) or bandwidth != (0.0, 0.0)
-                    or share != 1 or counts != (0.0, 0.0) or counts_share != 1):
-        fail(None, "--crap_strength, --crap_blur, --crap_bandwidth(_share) and --crap_counts(_share) act on pairs "
-                   "crappified on the fly: give --crap_func too")
+                    or share != 1 or counts != (0.0, 0.0) or counts_share != 1 or clean_share):
+        fail(None, "--crap_strength, --crap_blur, --crap_bandwidth(_share), --crap_counts(_share) and "
+                   "--crap_clean_share act on pairs crappified on the fly: give --crap_func too")
     max_rotate = (MAX_ROTATE if fly else 0.0) if max_rotate is None else float(max_rotate)
     max_zoom = (MAX_ZOOM if fly else 1.0) if max_zoom is None else float(max_zoom)
     encoder_stride = int(encoder_stride or (16 if lr_space else 32))
@@ -193,7 +196,7 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
                      crap_func=crap_func or spec0.crap_func, crap_strength=list(strength) if fly else None,
                      crap_blur=list(blur_range) if fly else None, crap_bandwidth=list(bandwidth) if fly else None,
                      crap_bandwidth_share=share if fly else None, crap_counts=list(counts) if fly else None,
-                     crap_counts_share=counts_share if fly else None,
+                     crap_counts_share=counts_share if fly else None, crap_clean_share=clean_share if fly else None,
                      on_the_fly=fly, max_rotate=max_rotate, max_zoom=max_zoom,
                      datasetname=datasetname, loss="l1" if l1_loss else "mse",
                      ssim_weight=float(ssim_weight), average_epochs=float(average_epochs), seed=seed,
@@ -206,7 +209,7 @@ def main(datasetname: Optional[str] = None, bs: int = 8, lr: float = 4e-4, lr_st
     model = model.to(dev)
     precision = []
     draws = Draws(crap_func, scale, strength, seed, max_rotate, max_zoom, blur_range, bandwidth,
-                  share, counts, counts_share) if fly else None
+                  share, counts, counts_share, clean_share) if fly else None
 
     def make_learner(rnd):
         # --bs is per process: fastai's DistributedDL hands each rank whole batches of the loader's size, drawn
@@ -274,7 +277,8 @@ def finish(learn: Learner, meta: dict, final: str, model_dir: Path) -> None:
     if clean is not None and clean < CLEAN_GAIN:
         print(f"warning: {final} gains {clean:+.2f} dB over bilinear on noise-free LR of its validation tiles: on LR "
               f"cleaner than its training LR it smooths away detail (image_gen.py says where). For such LR, train "
-              f"with a noise range reaching lower (--crap_strength 0.05,2; quick.sh: STRENGTH or LR_DIR).",
+              f"with a noise range reaching lower (--crap_strength 0.05,2; quick.sh: STRENGTH or LR_DIR) or a share of "
+              f"noise-free tiles (--crap_clean_share 0.15; quick.sh: CLEAN_SHARE).",
               file=sys.stderr)
     if not beats:
         print(f"warning: {final} does not beat bilinear upsampling on its validation tiles (loss {loss:.5f} vs "

@@ -70,6 +70,7 @@ VARIANTS = {
     "narrow_noise": {"STRENGTH": "0.5,2"},  # quick.sh's range before the 0.2 floor
     "mid_noise": {"STRENGTH": "0.25,2"},
     "wide_noise": {"STRENGTH": "0.1,2"},
+    "clean_share": {"CLEAN_SHARE": "0.15"},
     "mse": {"LOSS": ""},
     "l1": {"LOSS": "--l1_loss"},  # without the SSIM term
     "resnet18": {"ARCH": "resnet18"},

@@ -18,7 +18,8 @@
 # TILE=128 (the rest of the plan, the encoder stride included, is then made for that tile),
 # BANDWIDTH=0,1 (LR smoothed along its scan lines, which LR_DIR sets where it measures it; BANDWIDTH_SHARE=0.33
 # for a third of the tiles only), COUNTS=5,80 (shot noise on each LR pixel, counts for white: LR_DIR sets it
-# for LR noisier than the crappifier reaches; COUNTS_SHARE=0.5 for half of the tiles only),
+# for LR noisier than the crappifier reaches; COUNTS_SHARE=0.5 for half of the tiles only), CLEAN_SHARE=0.15
+# (that share of the tiles crappified without any noise, for nearly noise-free real LR),
 # NET="--lr_space --encoder_stride 16" for a blind EM model (the plan tells EM models the noise level),
 # or NET="--encoder_stride 32" TILE=128 EPOCHS=3 for the paper's HR-space U-Net (the epochs are planned for the
 # --lr_space network, ~5x faster per image). Unless EPOCHS is fixed, train.py fits the epochs to the time left
@@ -67,7 +68,7 @@ train_model() {
         TILE_ARGS=(--hr_only) DATASET="${lt}_${nf}_quick_hr"
         FLY_ARGS=(--crap_func "$CRAP_FUNC" --crap_strength "$STRENGTH" --crap_bandwidth "$BANDWIDTH"
                   --crap_bandwidth_share "$BANDWIDTH_SHARE" --crap_counts "$COUNTS"
-                  --crap_counts_share "$COUNTS_SHARE")
+                  --crap_counts_share "$COUNTS_SHARE" --crap_clean_share "$CLEAN_SHARE")
     else
         TILE_ARGS=(--crap_func "$CRAP_FUNC") DATASET="${lt}_${nf}_quick_${CRAP_FUNC}" FLY_ARGS=()
         [ "$BANDWIDTH $COUNTS" = "0 0" ] || echo "== quick: note: FRESH=0 pairs are crappified once in step 2," \
@@ -87,7 +88,7 @@ train_model() {
     [ "$BANDWIDTH" = 0 ] || [ "$BANDWIDTH_SHARE" = 1 ] || bw+=" for $BANDWIDTH_SHARE of the tiles"
     [ "$COUNTS" = 0 ] || [ "$COUNTS_SHARE" = 1 ] || cn+=" for $COUNTS_SHARE of the tiles"
     echo "== quick: step 3, ${budget[1]:+about }$EPOCHS epochs${budget[1]:+ in ${budget[1]} min} of $CRAP_FUNC pairs" \
-         "(fresh: $FRESH, strength $STRENGTH, bandwidth $bw, counts $cn) on $DEVICE" >&2
+         "(fresh: $FRESH, strength $STRENGTH, bandwidth $bw, counts $cn, noise-free $CLEAN_SHARE) on $DEVICE" >&2
     "$PY" "$ROOT/train.py" --datasetname "$DATASET" --data_path "$WORK/datasets" --model_dir "$WORK/models" \
         --save_name "$NAME" --lr_type "$lt" --n_frames "$nf" --arch "$ARCH" $NET --size "$TILE" \
         --tile_sz "$TILE" --bs "$BS" --workers "$WORKERS" --cycles "$EPOCHS" --lr_start "$LR" --lr "$LR" $LOSS \

@@ -14,9 +14,9 @@ import torch
 
 import utils  # noqa: F401
 import train
-from utils.crappifiers import (crappify, downsample, draw_bandwidth, draw_counts, draw_strength, parse_bandwidth,
-                               parse_blur, parse_counts, parse_share, parse_strength, probe_blur, scan_bandwidth,
-                               shot_noise)
+from utils.crappifiers import (crappify, downsample, draw_bandwidth, draw_clean, draw_counts, draw_strength,
+                               parse_bandwidth, parse_blur, parse_counts, parse_share, parse_strength, probe_blur,
+                               scan_bandwidth, shot_noise)
 from utils.data import EDGE_P, edge_window, find_hr_tiles
 from utils.errors import PSSRError
 from utils.model import load_model
@@ -217,6 +217,24 @@ def test_counts_share_adds_shot_noise_to_some_stacks_only(hr_sets):
         parse_share(2, "--crap_counts_share")
 
 
+def test_clean_share_crappifies_some_stacks_without_noise(hr_sets):
+    """--crap_clean_share: that share of the stacks is crappified without noise (exactly the downsampled HR),
+    the rest as without it; a share of 0 draws no coin, so earlier seeds keep their pairs."""
+    rng = np.random.default_rng(0)
+    assert not draw_clean(rng, 0.0) and rng.random() == np.random.default_rng(0).random()
+    assert 0.12 < np.mean([draw_clean(rng, 0.15) for _ in range(2000)]) < 0.18
+    items = [f for _, f in find_hr_tiles(hr_sets, "s_1_sample_hr", "s", 64, 1, 48).pairs["train"]]
+    noisy = FreshPairs(items, 1, 48, Draws("poisson"))
+    zero, some = (FreshPairs(items, 1, 48, Draws("poisson", clean_share=c)) for c in (0.0, 0.5))
+    clean = []
+    for i in range(len(items)):
+        (lr, hr), (lr0, _) = some[i], zero[i]
+        assert torch.equal(lr0, noisy[i][0]) and torch.equal(hr, noisy[i][1])
+        clean.append(np.array_equal(lr[0].numpy(), to_uint8(downsample(hr[0].numpy(), 4)) / np.float32(255)))
+    assert any(clean) and not all(clean)
+    assert not any(torch.equal(some[i][0], noisy[i][0]) for i in np.flatnonzero(clean))
+
+
 def test_planner_adds_shot_noise_beyond_the_crappifiers_reach(sample_info, tmp_path):
     """LR_DIR scans noisier than MAX_STRENGTH x the paper's level (where the crappifier's own noise stops
     following its strength) give the plan shot noise at about their counts and the paper's strength range;
@@ -235,7 +253,7 @@ def test_planner_adds_shot_noise_beyond_the_crappifiers_reach(sample_info, tmp_p
     assert low["STRENGTH"] == "0.2,2" and hi == pytest.approx(counts * COUNTS_RANGE[1], 0.01) and 1.5 < counts < 6, low
     assert COUNTS_RANGE[1] / COUNTS_RANGE[0] == pytest.approx((NOISE_RANGE[1] / NOISE_RANGE[0]) ** 2)
     assert match_noise(em, "em_AG_D_sameas_preprint") == dict(STRENGTH="0.2,2", BANDWIDTH="0", COUNTS="0",
-                                                              BANDWIDTH_SHARE=1, COUNTS_SHARE=1)
+                                                              BANDWIDTH_SHARE=1, COUNTS_SHARE=1, CLEAN_SHARE=0.0)
     assert counts_range(4.0) == "1,100" and counts_range(0.0) == "0"
 
 
@@ -292,13 +310,14 @@ def test_train_on_the_fly_end_to_end(hr_sets, tmp_path):
     train.main(datasetname="s_1_sample_hr", data_path=str(hr_sets), model_dir=str(tmp_path), save_name="fly",
                arch="resnet18", bs=4, size=64, tile_sz=64, cycles=1, lr=1e-3, attn=False, fp32=True,
                crap_func="em_AG_D_sameas_preprint", crap_strength="0.5,2", crap_blur="0,1", crap_bandwidth="0,0.8",
-               crap_bandwidth_share=0.5, crap_counts="5,80", crap_counts_share=0.5, noise_channel=True)
+               crap_bandwidth_share=0.5, crap_counts="5,80", crap_counts_share=0.5, crap_clean_share=0.2,
+               noise_channel=True)
     model, meta = load_model("s_1_fly_e1", tmp_path)
     assert meta["on_the_fly"] and meta["crap_func"] == "em_AG_D_sameas_preprint"
     assert meta["noise_channel"] and model.noise_channel and model.unet.layers[0][0].in_channels == 2
     assert meta["crap_strength"] == [0.5, 2.0] and meta["crap_blur"] == [0.0, 1.0] and meta["max_rotate"] == 10
     assert meta["crap_bandwidth"] == [0.0, 0.8] and meta["crap_bandwidth_share"] == 0.5
-    assert meta["crap_counts"] == [5.0, 80.0] and meta["crap_counts_share"] == 0.5
+    assert meta["crap_counts"] == [5.0, 80.0] and meta["crap_counts_share"] == 0.5 and meta["crap_clean_share"] == 0.2
     assert isinstance(meta["beats_bilinear"], bool) and meta["bilinear_valid_loss"] > 0
     assert isinstance(meta["clean_gain_db"], float) and meta["lr_noise_level_min"] < meta["lr_noise_level"]
     assert torch.load(tmp_path / "s_1_fly_e1.opt", weights_only=True)["hypers"]  # plain, safe to load
@@ -357,6 +376,7 @@ def test_planner_tiles_strides_and_noise_match(sample_info, tmp_path):
                                                                        / 255.0), rel=0.3)
     # The range drawn from reaches down to nearly clean LR: a tenth of the top, around any centre.
     assert strength_range(1.0) == "0.2,2" and strength_range(strength) == f"{0.2 * strength:.3g},{2 * strength:.3g}"
+    assert strength_range(strength, 0.1) == f"{0.1 * strength:.3g},{2 * strength:.3g}"
 
 
 def test_planner_plans_for_a_tile_the_user_fixes(sample_info):
@@ -462,8 +482,8 @@ def test_quick_sh_fits_epochs_to_the_time_left(sample_tree, tmp_path):
 def test_quick_sh_multi_frame_starts_from_one_frame_model(sample_tree, tmp_path):
     """N_FRAMES 5: quick.sh trains a 1-frame model first and the 5-frame one from its weights, at the
     fine-tuning rate, both on L1 alone (no SSIM term in a multi-frame run); the last line names the 5-frame
-    model; fluorescence models are not told the noise level (quick.TOLD_NOISE)."""
-    name, log = run_quick(sample_tree, tmp_path, "fluo_live", "new_crap_AG_SP", "5", NET=None)
+    model; fluorescence models are not told the noise level (quick.TOLD_NOISE); CLEAN_SHARE reaches both."""
+    name, log = run_quick(sample_tree, tmp_path, "fluo_live", "new_crap_AG_SP", "5", NET=None, CLEAN_SHARE="0.25")
     assert name == "t_5_quick_new_crap_AG_SP_e1"
     models = tmp_path / "work" / "models"
     _, one = load_model("s_1_quick_new_crap_AG_SP_e1", models)
@@ -472,6 +492,8 @@ def test_quick_sh_multi_frame_starts_from_one_frame_model(sample_tree, tmp_path)
     assert [line.strip() for line in log.splitlines() if line.strip().startswith("LR=")] == ["LR=0.01", "LR=0.002"]
     assert one["loss"] == five["loss"] == "l1" and one["ssim_weight"] == five["ssim_weight"] == 0
     assert not one["noise_channel"] and not five["noise_channel"]
+    assert one["crap_clean_share"] == five["crap_clean_share"] == 0.25 and "noise-free 0.25" in log
+    assert one["crap_strength"] == five["crap_strength"] == [0.1, 2.0]  # blind: down to 0.1x (quick.BLIND_FLOOR)
     assert re.search(r"NET=--lr_space --encoder_stride \d+\n", log)
 
 

@@ -302,6 +302,8 @@ def test_average_epochs_end_to_end_and_resume(data, tmp_path, monkeypatch):
         run(data, tmp_path / "bad", crap_counts="5,80")
     with pytest.raises(PSSRError, match="give --crap_func"):
         run(data, tmp_path / "bad", crap_counts_share=0.5)
+    with pytest.raises(PSSRError, match="give --crap_func"):
+        run(data, tmp_path / "bad", crap_clean_share=0.2)
 
 
 def test_an_average_worse_than_the_best_epoch_is_not_kept(data, tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ from skimage.transform import resize
 from .errors import PSSRError, fail
 
 __all__ = ["CRAPPIFIERS", "crappifier", "crappify", "downsample", "parse_strength", "parse_blur", "parse_bandwidth",
-           "draw_strength", "draw_bandwidth", "parse_share", "parse_counts", "draw_counts", "probe_blur",
+           "draw_strength", "draw_bandwidth", "parse_share", "parse_counts", "draw_counts", "draw_clean", "probe_blur",
            "scan_bandwidth", "shot_noise", "scan_lr"]
 
 Crappifier = Callable[..., np.ndarray]
@@ -122,6 +122,12 @@ def draw_counts(rng: np.random.Generator, counts: Tuple[float, float], share: fl
     """Detector counts for one stack, log-uniform in `counts`, for a `share` of the stacks (0 for the rest: no
     shot noise)."""
     return draw_strength(rng, *counts) if _drawn(rng, counts[1] > 0, share) else 0.0
+
+
+def draw_clean(rng: np.random.Generator, share: float) -> bool:
+    """Whether this stack is crappified without any noise (`--crap_clean_share`): nearly noise-free real LR
+    holds detail that a model trained on noisy LR alone smooths away as if it were noise."""
+    return _drawn(rng, True, share)
 
 
 def probe_blur(frames: np.ndarray, sigma: float) -> np.ndarray:

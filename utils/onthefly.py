@@ -23,7 +23,7 @@ from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 
-from .crappifiers import draw_bandwidth, draw_counts, draw_strength, probe_blur, scan_lr
+from .crappifiers import draw_bandwidth, draw_clean, draw_counts, draw_strength, probe_blur, scan_lr
 from .data import EDGE_P, affine_crop, dihedral, dihedral_matrix, edge_window, read_tile
 from .norm import to_uint8
 
@@ -62,8 +62,8 @@ def centre_crop(hr: np.ndarray, size: int) -> np.ndarray:
 @dataclass(frozen=True)
 class Draws:
     """How every pair is drawn from an HR tile (train.py's --crap_func, --crap_strength, --crap_blur,
-    --crap_bandwidth(_share), --crap_counts(_share), --max_rotate, --max_zoom and --seed): one object, so the
-    training pairs, their loaders and a pickled learner agree."""
+    --crap_bandwidth(_share), --crap_counts(_share), --crap_clean_share, --max_rotate, --max_zoom and --seed):
+    one object, so the training pairs, their loaders and a pickled learner agree."""
     crap_func: str
     scale: int = 4
     strength: Tuple[float, float] = (1.0, 1.0)  # noise level range (crappifiers.draw_strength)
@@ -75,6 +75,7 @@ class Draws:
     bandwidth_share: float = 1.0  # the share of stacks that get it (the rest white, as the paper)
     counts: Tuple[float, float] = (0.0, 0.0)  # shot noise per LR pixel: counts for white, range, per stack
     counts_share: float = 1.0  # the share of stacks that get it (the rest none, as the paper)
+    clean_share: float = 0.0  # the share of stacks crappified without noise (strength 0, no shot noise)
 
 
 def noise_free(draws: Draws) -> Draws:
@@ -110,6 +111,8 @@ class FreshPairs:
         src = probe_blur(hr, float(rng.uniform(*d.blur))) if d.blur[1] > 0 else hr  # no draw: old seeds hold
         bw = draw_bandwidth(rng, d.bandwidth, d.bandwidth_share)
         n = draw_counts(rng, d.counts, d.counts_share)
+        if draw_clean(rng, d.clean_share):  # no coin at share 0: old seeds keep their pairs
+            s, n = 0.0, 0.0
         # LR is stored as uint8 like real 8-bit scans and step-2 tiles, so both paths see the same quantization.
         lr = np.stack([to_uint8(scan_lr(d.crap_func, f, d.scale, rng, s, n, bw)) for f in src]).astype(np.float32) / 255
         if self.train and self.n_frames > 1 and rng.random() < EDGE_P:
