@@ -70,9 +70,9 @@ TOLD_NOISE = ("em_AG_D_sameas_preprint",)
 # (README, "What to expect").
 NOISE_RANGE = (0.2, 2.0)
 # A blind model (every crappifier but TOLD_NOISE's) cannot read the noise level, so it draws from lower still: with
-# 0.1-2x, on real fluorescence z-stacks both models gained 0.07-0.77 dB on every test LR (most on noise-free LR); on
-# synthetic movies the 1-frame models gained 1.1-1.8 dB on milder LR and both models gave back 0.3-0.5 dB on the
-# noisiest (bench/RESULTS.md, "Noise reaching lower").
+# 0.1-2x, on real fluorescence z-stacks both models gained 0.07-0.77 dB on every test LR (most on noise-free LR); a
+# small synthetic source's 1-frame model gained 1.1-1.8 dB on milder LR, and on the synthetic sources the models
+# gave back 0.3-0.6 dB on the noisiest (bench/RESULTS.md, "Noise reaching lower").
 BLIND_FLOOR = 0.1
 # A share of noise-free tiles (train.py --crap_clean_share) gained most on noise-free z-stack LR but cost SSIM on
 # lightly noisy LR: an option, off by default.
