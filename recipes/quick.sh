@@ -7,7 +7,7 @@
 #
 # SRC_DIR is a step-1 source tree (<category>/{train,valid}/*.tif|czi); N_FRAMES 5 trains the paper's
 # multi-frame model on time-lapses, started from a 1-frame model trained first on the same frames (WARM
-# of the budget, default 0.5; WARM=0 trains it from scratch). The models go to WORK_DIR/models and the last
+# of the budget, default 0.75; WARM=0 trains it from scratch). The models go to WORK_DIR/models and the last
 # line printed is the name of the final one; then:
 #   python image_gen.py LR_FOLDER OUT --models NAME --model_dir WORK_DIR/models
 # Settings (utils/quick.py explains each): MINUTES (whole script, default 20), SEED, PY, ARCH,
@@ -33,7 +33,7 @@ SRC_DIR=$1 WORK=$2 CRAP_FUNC=$3 N_FRAMES=${4:-1}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"   # python -m utils.quick from any folder
 : "${PY:=$ROOT/.venv/bin/python}" "${MINUTES:=20}" "${SEED:=0}" "${ARCH:=resnet34}" "${TRAIN_EXTRA=}" "${LR_DIR:=}"
-: "${WARM:=0.5}" "${FRESH:=1}" "${AVERAGE:=4}"
+: "${WARM:=0.75}" "${FRESH:=1}" "${AVERAGE:=4}"
 [[ $WARM =~ ^(0|1|0?\.[0-9]+)$ ]] || { echo "error: WARM must be a share of the budget from 0 to 1, not '$WARM'" >&2; exit 2; }
 if [ "$N_FRAMES" = 1 ]; then LR_TYPE=s; else : "${LR_TYPE:=t}"; fi
 # No SSIM term in a multi-frame run (either model): it cost the 5-frame model 0.17-0.30 dB on held-out movies.
@@ -103,7 +103,9 @@ ONE=
 if [ "$N_FRAMES" != 1 ] && [ "$WARM" != 0 ]; then
     # A short movie holds too few windows to teach a 5-frame model from scratch what one frame already shows
     # (it averaged neighbours and lost to the 1-frame model on nearly clean LR); started from the 1-frame model
-    # it only has to learn what the neighbours add (README, "What to expect").
+    # it only has to learn what the neighbours add (README, "What to expect"). Three quarters of the budget: the
+    # 1-frame restoration still climbs at 20 minutes and the neighbours' share is learnt in a few; with half, the
+    # 5-frame model trailed the 1-frame one on noise-free LR (bench/RESULTS.md, "A longer 1-frame start").
     SECS=$(awk -v s="$(left)" -v o="$OVERHEAD" -v w="$WARM" 'BEGIN { print int((s - 2 * o) * w) }')
     ONE=$(train_model 1 s "$SECS")
     echo "== quick: 1-frame model $ONE starts the $N_FRAMES-frame one" >&2
