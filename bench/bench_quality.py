@@ -24,7 +24,8 @@ quick.sh trains the 5-frame and the 1-frame model; test LR: `shot` (low dose: PS
 sampling, Poisson noise at 30 photons for white over 2 of background, read noise 1.5 photons, stored as uint16
 counts as a detector gives them), `mild` (the same at 300 photons, read noise 3) and `fluo`, the paper's
 fluorescence crappifier that training uses, and FOREIGN_FLUO: milder LR unlike both (no noise; white noise on
-the crappifiers' downsampling). Every frame of a movie is scored.
+the crappifiers' downsampling) and `mild` sampled otherwise (binned blocks; anti-aliased rescaling). Every frame
+of a movie is scored.
 
 Metrics as metric_gen.py (PSNR/SSIM after norm_minmse). Each variant is quick.sh with some settings fixed
 (VARIANTS below); results go to WORK/quality.csv and are printed as a table. bench/RESULTS.md records every run
@@ -121,6 +122,16 @@ def sampled(hr: np.ndarray) -> np.ndarray:
     return downsample(gaussian_filter(hr, 1.0), 4)
 
 
+def binned(hr: np.ndarray) -> np.ndarray:
+    """Each LR pixel the mean of its 4x4 HR block: an integrating detector, or a camera binning its pixels."""
+    return hr.reshape(hr.shape[0] // 4, 4, hr.shape[1] // 4, 4).mean((1, 3))
+
+
+def smoothed(hr: np.ndarray) -> np.ndarray:
+    """scikit-image's `rescale` by 1/4 with its default anti-aliasing (Gaussian sigma 1.5 HR px)."""
+    return rescale(hr, 0.25, anti_aliasing=True)
+
+
 def white_noise_lr(hr: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
     """White Gaussian noise of `sigma` on the downsampled image (the crappifiers' downsampling), in [0, 1]."""
     return np.clip(downsample(hr, 4) + rng.normal(0, sigma, np.shape(hr[::4, ::4])), 0, 1)
@@ -148,8 +159,8 @@ def degrade_scan(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 # at sigma 0.3, as noisy as `dose5` by its noise level but additive, not shot noise.
 FOREIGN_EM = {
     "stride": lambda hr, rng: counted(gaussian_filter(hr, 1.0)[::4, ::4], rng),
-    "area": lambda hr, rng: counted(hr.reshape(hr.shape[0] // 4, 4, hr.shape[1] // 4, 4).mean((1, 3)), rng),
-    "aa": lambda hr, rng: counted(rescale(hr, 0.25, anti_aliasing=True), rng),
+    "area": lambda hr, rng: counted(binned(hr), rng),
+    "aa": lambda hr, rng: counted(smoothed(hr), rng),
     "dose20": lambda hr, rng: counted(sampled(hr), rng, 20),
     "gauss": lambda hr, rng: gaussian_lr(hr, rng, 0.08),
     "clean": lambda hr, rng: to_uint8(sampled(hr)),
@@ -178,11 +189,11 @@ def scan_rc(hr: np.ndarray, rng: np.random.Generator, tau: float = 0.7) -> np.nd
     return to_uint8(np.clip(shift(y, (0, -a / (1 - a)), order=3, mode="nearest"), 0, 1))
 
 
-def shot(photons: float, read: float) -> Degradation:
-    """A fast confocal scan: PSF blur, 4x point sampling, Poisson noise at `photons` for white over a 2-photon
-    background, Gaussian read noise of `read` photons; uint16 counts (x10, as a detector's gain)."""
+def shot(photons: float, read: float, sample: Callable[[np.ndarray], np.ndarray] = sampled) -> Degradation:
+    """A fast confocal scan: PSF blur, 4x point sampling (or `sample`), Poisson noise at `photons` for white over a
+    2-photon background, Gaussian read noise of `read` photons; uint16 counts (x10, as a detector's gain)."""
     def degrade(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        lr = sampled(hr)
+        lr = sample(hr)
         counts = rng.poisson(lr * photons + 2) + rng.normal(0, read, lr.shape)
         return np.clip(np.round(counts * 10), 0, 65535).astype(np.uint16)
     return degrade
@@ -195,10 +206,14 @@ def fluo_counts(lr: np.ndarray, gain: float = 3000) -> np.ndarray:
 
 # Fluorescence test LR unlike `shot` and the crappifier, milder than both (others judge models on such LR: a model
 # trained on noisy LR may smooth away what nearly clean LR carries): `clean` is `shot`'s scan without noise,
-# `gauss_lo` the crappifiers' downsampling (no PSF blur) with white Gaussian noise of sigma 0.02.
+# `gauss_lo` the crappifiers' downsampling (no PSF blur) with white Gaussian noise of sigma 0.02. `area` and `aa`
+# are `mild` made from LR that others make: binned 4x4 blocks (a camera, an integrating detector) and scikit-image's
+# anti-aliased rescale (how many make test LR), both blurrier than the crappifiers' downsampling.
 FOREIGN_FLUO = {
     "clean": lambda hr, rng: fluo_counts(sampled(hr)),
     "gauss_lo": lambda hr, rng: fluo_counts(white_noise_lr(hr, rng, 0.02)),
+    "area": shot(300, 3.0, binned),
+    "aa": shot(300, 3.0, smoothed),
 }
 
 
