@@ -190,8 +190,9 @@ def scan_rc(hr: np.ndarray, rng: np.random.Generator, tau: float = 0.7) -> np.nd
 
 
 def shot(photons: float, read: float, sample: Callable[[np.ndarray], np.ndarray] = sampled) -> Degradation:
-    """A fast confocal scan: PSF blur, 4x point sampling (or `sample`), Poisson noise at `photons` for white over a
-    2-photon background, Gaussian read noise of `read` photons; uint16 counts (x10, as a detector's gain)."""
+    """A fast confocal scan: PSF blur and 4x point sampling (or `sample` in place of both), Poisson noise at
+    `photons` for white over a 2-photon background, Gaussian read noise of `read` photons; uint16 counts (x10, as a
+    detector's gain)."""
     def degrade(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         lr = sample(hr)
         counts = rng.poisson(lr * photons + 2) + rng.normal(0, read, lr.shape)
